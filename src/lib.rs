@@ -1,0 +1,5 @@
+pub mod grant;
+pub mod keys;
+pub mod policy;
+pub mod token;
+pub mod wire;

@@ -1,0 +1,655 @@
+//! The rules of SPEC §5–7 over one user's sessions, as pure functions:
+//! admission (with `replace` and the three policies), heartbeat healing and
+//! re-validation, stop and kick, and expiry. They take the current records
+//! and `now` and return the records that should replace them, so the store
+//! can run them inside one atomic read-modify-write (and run them again if
+//! it loses a race). Nothing here does I/O, reads a clock or counts metrics.
+
+use std::sync::Arc;
+
+use crate::wire::{Policy, SessionId, SessionView, StopReason, TOKEN_LEEWAY_MS, unix_secs};
+
+/// Optional text of a session; allocated only when a grant carries any.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Info {
+    pub device: Option<Box<str>>,
+    pub label: Option<Box<str>>,
+    pub content: Option<Box<str>>,
+    pub group: Option<Box<str>>,
+}
+
+impl Info {
+    /// `None` when every field is absent, so plain sessions cost no allocation.
+    pub fn new(device: Option<&str>, label: Option<&str>, content: Option<&str>, group: Option<&str>) -> Option<Arc<Info>> {
+        if device.is_none() && label.is_none() && content.is_none() && group.is_none() {
+            return None;
+        }
+        Some(Arc::new(Info {
+            device: device.map(Into::into),
+            label: label.map(Into::into),
+            content: content.map(Into::into),
+            group: group.map(Into::into),
+        }))
+    }
+}
+
+/// A live session (it stops counting once `now >= expires_ms`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub id: SessionId,
+    pub started_ms: u64,
+    pub expires_ms: u64,
+    pub info: Option<Arc<Info>>,
+}
+
+impl Session {
+    fn group(&self) -> Option<&str> {
+        self.info.as_ref().and_then(|i| i.group.as_deref())
+    }
+
+    fn device(&self) -> Option<&str> {
+        self.info.as_ref().and_then(|i| i.device.as_deref())
+    }
+
+    /// Age order: earliest start first, ties broken by id so every node agrees.
+    fn age(&self) -> (u64, SessionId) {
+        (self.started_ms, self.id)
+    }
+
+    pub fn view(&self) -> SessionView {
+        view(Some(self.id), self.started_ms, Some(self.expires_ms), self.info.as_deref())
+    }
+}
+
+fn view(id: Option<SessionId>, started_ms: u64, expires_ms: Option<u64>, info: Option<&Info>) -> SessionView {
+    let text = |f: fn(&Info) -> &Option<Box<str>>| info.and_then(|i| f(i).as_deref()).map(String::from);
+    SessionView {
+        session_id: id,
+        started_at: unix_secs(started_ms),
+        expires_at: expires_ms.map(unix_secs),
+        device: text(|i| &i.device),
+        label: text(|i| &i.label),
+        content: text(|i| &i.content),
+        group: text(|i| &i.group),
+    }
+}
+
+/// Who stopped a session: the `by` of a `410`. A kick comes from a grant
+/// holder, who has no session id or expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct By {
+    pub id: Option<SessionId>,
+    pub started_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub info: Option<Arc<Info>>,
+}
+
+impl By {
+    pub fn session(s: &Session) -> Arc<By> {
+        Arc::new(By { id: Some(s.id), started_ms: s.started_ms, expires_ms: Some(s.expires_ms), info: s.info.clone() })
+    }
+
+    pub fn view(&self) -> SessionView {
+        view(self.id, self.started_ms, self.expires_ms, self.info.as_deref())
+    }
+}
+
+/// A stopped session, kept until its last token would have expired so that
+/// it answers `410` instead of being rebuilt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub id: SessionId,
+    pub reason: StopReason,
+    pub until_ms: u64,
+    pub by: Option<Arc<By>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Live(Session),
+    Stopped(Tombstone),
+}
+
+impl Slot {
+    pub fn id(&self) -> SessionId {
+        match self {
+            Slot::Live(s) => s.id,
+            Slot::Stopped(t) => t.id,
+        }
+    }
+
+    /// Whether the sweeper may drop this record at `now`.
+    pub fn is_expired(&self, now: u64) -> bool {
+        match self {
+            Slot::Live(s) => s.expires_ms <= now,
+            Slot::Stopped(t) => t.until_ms <= now,
+        }
+    }
+}
+
+/// One user's records being rewritten.
+struct Working {
+    slots: Vec<Slot>,
+    /// Live sessions dropped because their time was up.
+    expired: usize,
+}
+
+impl Working {
+    fn new(current: &[Slot], now: u64) -> Working {
+        let before = current.len();
+        let mut expired = 0;
+        let slots = current
+            .iter()
+            .filter(|s| {
+                let gone = s.is_expired(now);
+                expired += usize::from(gone && matches!(s, Slot::Live(_)));
+                !gone
+            })
+            .cloned()
+            .collect::<Vec<_>>();
+        debug_assert!(slots.len() <= before);
+        Working { slots, expired }
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Session> {
+        self.slots.iter().filter_map(|s| match s {
+            Slot::Live(s) => Some(s),
+            Slot::Stopped(_) => None,
+        })
+    }
+
+    fn find(&self, id: SessionId) -> Option<usize> {
+        self.slots.iter().position(|s| s.id() == id)
+    }
+
+    fn stop_at(&mut self, i: usize, reason: StopReason, by: Option<Arc<By>>, now: u64) {
+        if let Slot::Live(s) = &self.slots[i] {
+            let until_ms = s.expires_ms.max(now) + TOKEN_LEEWAY_MS;
+            self.slots[i] = Slot::Stopped(Tombstone { id: s.id, reason, until_ms, by });
+        }
+    }
+
+    /// Stops every live session the predicate picks; returns their ids.
+    fn stop_where(&mut self, pick: impl Fn(&Session) -> bool, reason: StopReason, by: &Option<Arc<By>>, now: u64) -> Vec<SessionId> {
+        let ids: Vec<SessionId> = self.live().filter(|s| pick(s)).map(|s| s.id).collect();
+        for id in &ids {
+            if let Some(i) = self.find(*id) {
+                self.stop_at(i, reason, by.clone(), now);
+            }
+        }
+        ids
+    }
+
+    /// Live sessions that `pick` selects, grouped into the units a limit
+    /// counts (one per session, or one per device under
+    /// `reject_new_device`), oldest unit first.
+    fn units(&self, pick: impl Fn(&Session) -> bool, by_device: bool) -> Vec<Vec<SessionId>> {
+        let mut live: Vec<&Session> = self.live().filter(|s| pick(s)).collect();
+        live.sort_by_key(|s| s.age());
+        let mut units: Vec<(Option<&str>, Vec<SessionId>)> = Vec::with_capacity(live.len());
+        for s in live {
+            let device = if by_device { s.device() } else { None };
+            match units.iter_mut().find(|(d, _)| device.is_some() && *d == device) {
+                Some((_, ids)) => ids.push(s.id),
+                None => units.push((device, vec![s.id])),
+            }
+        }
+        units.into_iter().map(|(_, ids)| ids).collect()
+    }
+
+    fn into_slots(self) -> Box<[Slot]> {
+        self.slots.into_boxed_slice()
+    }
+}
+
+fn in_group<'a>(group: Option<&'a str>) -> impl Fn(&Session) -> bool + 'a {
+    move |s| group.is_some() && s.group() == group
+}
+
+/// The limits a grant or token imposes.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits<'a> {
+    pub limit: u32,
+    pub policy: Policy,
+    /// `(group, group_limit)`.
+    pub group: Option<(&'a str, u32)>,
+}
+
+impl Limits<'_> {
+    fn by_device(&self) -> bool {
+        self.policy == Policy::RejectNewDevice
+    }
+}
+
+/// A start to be judged.
+#[derive(Debug)]
+pub struct Admission<'a> {
+    pub session: Session,
+    pub limits: Limits<'a>,
+    /// `?replace=`: stopped first, in the same step.
+    pub replace: Option<SessionId>,
+    /// How long to remember a replaced session this node never saw.
+    pub unknown_until_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct Admitted {
+    pub slots: Box<[Slot]>,
+    /// Units counted against the limit after this start, the new one included.
+    pub active: usize,
+    pub evicted: Vec<SessionId>,
+    pub expired: usize,
+}
+
+/// A `409`: nothing changed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// The group limit bound, not the user limit.
+    pub group: bool,
+    pub limit: u32,
+    pub active: usize,
+    /// The sessions the player may stop, oldest first.
+    pub sessions: Vec<Session>,
+}
+
+/// SPEC §5: one start, all or nothing.
+pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, Refused> {
+    let mut w = Working::new(current, now);
+    let new = &a.session;
+    let by = Some(By::session(new));
+    if let Some(id) = a.replace {
+        match w.find(id) {
+            Some(i) => w.stop_at(i, StopReason::Replaced, by.clone(), now),
+            None => w.slots.push(Slot::Stopped(Tombstone {
+                id,
+                reason: StopReason::Replaced,
+                until_ms: a.unknown_until_ms,
+                by: by.clone(),
+            })),
+        }
+    }
+    if a.limits.by_device() {
+        let device = new.device();
+        w.stop_where(|s| s.device() == device, StopReason::Replaced, &by, now);
+    }
+
+    let lim = a.limits;
+    let group = lim.group.map(|g| g.0);
+    let mut evicted = Vec::new();
+    loop {
+        let group_units = w.units(in_group(group), lim.by_device());
+        let all_units = w.units(|_| true, lim.by_device());
+        let group_binds = lim.group.is_some_and(|(_, gl)| group_units.len() + 1 > gl as usize);
+        let limit_binds = all_units.len() + 1 > lim.limit as usize;
+        if !group_binds && !limit_binds {
+            w.slots.push(Slot::Live(new.clone()));
+            return Ok(Admitted { active: all_units.len() + 1, expired: w.expired, slots: w.into_slots(), evicted });
+        }
+        if lim.policy != Policy::EvictOldest {
+            let (units, limit, pick): (_, _, Box<dyn Fn(&Session) -> bool>) = if limit_binds {
+                (all_units, lim.limit, Box::new(|_| true))
+            } else {
+                (group_units, lim.group.map_or(0, |g| g.1), Box::new(in_group(group)))
+            };
+            let mut sessions: Vec<Session> = w.live().filter(|s| pick(s)).cloned().collect();
+            sessions.sort_by_key(|s| s.age());
+            return Err(Refused { group: !limit_binds, limit, active: units.len(), sessions });
+        }
+        // Evict the oldest unit: of the group when the group limit binds.
+        let oldest = if group_binds { &group_units[0] } else { &all_units[0] };
+        let oldest = oldest.clone();
+        w.stop_where(|s| oldest.contains(&s.id), StopReason::Evicted, &by, now);
+        evicted.extend(oldest);
+    }
+}
+
+/// A heartbeat to be judged: the session as its token describes it.
+#[derive(Debug)]
+pub struct Beat<'a> {
+    pub session: Session,
+    pub limits: Limits<'a>,
+    /// The presented token's expiry: a tombstone must outlive it.
+    pub token_expires_ms: u64,
+    /// New expiry if the session keeps playing.
+    pub renew_to_ms: u64,
+}
+
+#[derive(Debug)]
+pub enum BeatOutcome {
+    /// Keep playing.
+    Renewed { slots: Box<[Slot]>, healed: bool, stopped: Vec<SessionId>, expired: usize },
+    /// Re-validation chose the caller: records changed, answer `410`.
+    Lost { slots: Box<[Slot]>, healed: bool, stopped: Vec<SessionId>, expired: usize },
+    /// Already stopped: answer `410` with this reason; nothing changes.
+    Stopped(Tombstone),
+}
+
+/// SPEC §6: find or rebuild the session, re-validate the user's limits by
+/// the caller's policy, renew.
+pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
+    if let Some(Slot::Stopped(t)) = current.iter().find(|s| s.id() == b.session.id) {
+        return BeatOutcome::Stopped(t.clone());
+    }
+    let mut w = Working::new(current, now);
+    let healed = match w.find(b.session.id) {
+        Some(_) => false,
+        None => {
+            // Unknown here, or expired but within the token's leeway: rebuild.
+            w.slots.push(Slot::Live(b.session.clone()));
+            true
+        }
+    };
+
+    let lim = b.limits;
+    let keep_earliest = lim.policy != Policy::EvictOldest;
+    let mut stopped = Vec::new();
+    let mut enforce = |w: &mut Working, units: Vec<Vec<SessionId>>, limit: usize| {
+        if units.len() > limit {
+            let excess = units.len() - limit;
+            let losers = if keep_earliest { &units[limit..] } else { &units[..excess] };
+            let ids: Vec<SessionId> = losers.iter().flatten().copied().collect();
+            w.stop_where(|s| ids.contains(&s.id), StopReason::LimitExceeded, &None, now);
+            stopped.extend(ids);
+        }
+    };
+    if let Some((group, group_limit)) = lim.group {
+        let units = w.units(in_group(Some(group)), lim.by_device());
+        enforce(&mut w, units, group_limit as usize);
+    }
+    let units = w.units(|_| true, lim.by_device());
+    enforce(&mut w, units, lim.limit as usize);
+
+    let me = w.find(b.session.id);
+    let expired = w.expired;
+    match me.map(|i| &mut w.slots[i]) {
+        Some(Slot::Live(s)) => {
+            s.expires_ms = b.renew_to_ms;
+            BeatOutcome::Renewed { slots: w.into_slots(), healed, stopped, expired }
+        }
+        Some(Slot::Stopped(t)) => {
+            t.until_ms = t.until_ms.max(b.token_expires_ms + TOKEN_LEEWAY_MS);
+            stopped.retain(|id| *id != b.session.id);
+            BeatOutcome::Lost { slots: w.into_slots(), healed, stopped, expired }
+        }
+        None => unreachable!("the caller's session was inserted above"),
+    }
+}
+
+/// A stop or kick of session `id`.
+#[derive(Debug)]
+pub struct Stop {
+    pub id: SessionId,
+    pub reason: StopReason,
+    pub by: Option<Arc<By>>,
+    /// Remember it at least this long: past the presented token's expiry.
+    pub keep_until_ms: u64,
+    /// How long to remember it if this node never saw it.
+    pub unknown_until_ms: u64,
+}
+
+/// Whether a stop changed anything, and the records after it.
+#[derive(Debug)]
+pub enum StopOutcome {
+    Stopped { slots: Box<[Slot]>, expired: usize },
+    /// Unknown here: a tombstone now answers for it.
+    Remembered { slots: Box<[Slot]>, expired: usize },
+    AlreadyStopped,
+}
+
+/// SPEC §4 stop: idempotent; frees the slot at once.
+pub fn stop(current: &[Slot], s: &Stop, now: u64) -> StopOutcome {
+    if let Some(Slot::Stopped(_)) = current.iter().find(|slot| slot.id() == s.id) {
+        return StopOutcome::AlreadyStopped;
+    }
+    let mut w = Working::new(current, now);
+    match w.find(s.id) {
+        Some(i) => {
+            w.stop_at(i, s.reason, s.by.clone(), now);
+            if let Slot::Stopped(t) = &mut w.slots[i] {
+                t.until_ms = t.until_ms.max(s.keep_until_ms);
+            }
+            let expired = w.expired;
+            StopOutcome::Stopped { slots: w.into_slots(), expired }
+        }
+        None => {
+            w.slots.push(Slot::Stopped(Tombstone { id: s.id, reason: s.reason, until_ms: s.unknown_until_ms, by: s.by.clone() }));
+            let expired = w.expired;
+            StopOutcome::Remembered { slots: w.into_slots(), expired }
+        }
+    }
+}
+
+/// Live sessions oldest first, and the units they count as under `policy`.
+pub fn live(current: &[Slot], policy: Policy, now: u64) -> (usize, Vec<Session>) {
+    let w = Working::new(current, now);
+    let active = w.units(|_| true, policy == Policy::RejectNewDevice).len();
+    let mut sessions: Vec<Session> = w.live().cloned().collect();
+    sessions.sort_by_key(|s| s.age());
+    (active, sessions)
+}
+
+/// Records left once everything due at `now` is dropped; `None` if none changed.
+pub fn prune(current: &[Slot], now: u64) -> Option<(Box<[Slot]>, usize)> {
+    if !current.iter().any(|s| s.is_expired(now)) {
+        return None;
+    }
+    let w = Working::new(current, now);
+    let expired = w.expired;
+    Some((w.into_slots(), expired))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Policy::*;
+
+    const T0: u64 = 1_700_000_000_000;
+    const TTL: u64 = 90_000;
+
+    fn session(id: u64, started_ms: u64) -> Session {
+        Session { id: SessionId(id), started_ms, expires_ms: started_ms + TTL, info: None }
+    }
+
+    fn with_info(mut s: Session, device: Option<&str>, group: Option<&str>) -> Session {
+        s.info = Info::new(device, Some("label"), None, group);
+        s
+    }
+
+    fn limits(limit: u32, policy: Policy) -> Limits<'static> {
+        Limits { limit, policy, group: None }
+    }
+
+    fn start(slots: &[Slot], s: Session, l: Limits<'_>, now: u64) -> Result<Admitted, Refused> {
+        admit(slots, &Admission { session: s, limits: l, replace: None, unknown_until_ms: now + TTL }, now)
+    }
+
+    fn beat(slots: &[Slot], s: Session, l: Limits<'_>, now: u64) -> BeatOutcome {
+        let token_expires_ms = s.expires_ms;
+        heartbeat(slots, &Beat { session: s, limits: l, token_expires_ms, renew_to_ms: now + TTL }, now)
+    }
+
+    fn live_ids(slots: &[Slot], now: u64) -> Vec<u64> {
+        live(slots, RejectNew, now).1.iter().map(|s| s.id.0).collect()
+    }
+
+    fn reason_of(slots: &[Slot], id: u64) -> Option<StopReason> {
+        slots.iter().find_map(|s| match s {
+            Slot::Stopped(t) if t.id.0 == id => Some(t.reason),
+            _ => None,
+        })
+    }
+
+    /// Starts sessions 1..=n, one second apart, all admitted.
+    fn started(n: u64, l: Limits<'_>) -> Box<[Slot]> {
+        let mut slots: Box<[Slot]> = Box::new([]);
+        for i in 1..=n {
+            slots = start(&slots, session(i, T0 + i * 1000), l, T0 + i * 1000).unwrap().slots;
+        }
+        slots
+    }
+
+    #[test]
+    fn reject_new_refuses_at_the_limit_and_changes_nothing() {
+        let slots = started(2, limits(2, RejectNew));
+        let refused = start(&slots, session(3, T0 + 5000), limits(2, RejectNew), T0 + 5000).unwrap_err();
+        assert_eq!((refused.group, refused.limit, refused.active), (false, 2, 2));
+        assert_eq!(refused.sessions.iter().map(|s| s.id.0).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(live_ids(&slots, T0 + 5000), [1, 2]);
+    }
+
+    #[test]
+    fn evict_oldest_follows_the_ben_jason_sarah_jamie_story() {
+        // Limit 3, evict_oldest: Ben, Jason and Sarah play; Jamie starts and
+        // Ben, who started first, is evicted; Ben's next heartbeat gets 410.
+        let l = limits(3, EvictOldest);
+        let (ben, jason, sarah, jamie) = (1, 2, 3, 4);
+        let slots = started(3, l);
+        let a = start(&slots, session(jamie, T0 + 10_000), l, T0 + 10_000).unwrap();
+        assert_eq!(a.evicted, [SessionId(ben)]);
+        assert_eq!(a.active, 3);
+        assert_eq!(live_ids(&a.slots, T0 + 10_000), [jason, sarah, jamie]);
+        match beat(&a.slots, session(ben, T0 + 1000), l, T0 + 20_000) {
+            BeatOutcome::Stopped(t) => {
+                assert_eq!(t.reason, StopReason::Evicted);
+                assert_eq!(t.by.unwrap().id, Some(SessionId(jamie)));
+            }
+            other => panic!("Ben must be told he was evicted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn group_limit_binds_inside_the_user_limit() {
+        let g = Limits { limit: 3, policy: RejectNew, group: Some(("studio", 1)) };
+        let in_studio = |id, t| with_info(session(id, t), None, Some("studio"));
+        let a = start(&[], in_studio(1, T0), g, T0).unwrap();
+        let refused = start(&a.slots, in_studio(2, T0 + 1), g, T0 + 1).unwrap_err();
+        assert!(refused.group);
+        assert_eq!((refused.limit, refused.active), (1, 1));
+        // Other content still fits under the user limit.
+        let b = start(&a.slots, session(3, T0 + 2), limits(3, RejectNew), T0 + 2).unwrap();
+        assert_eq!(b.active, 2);
+        // Under evict_oldest the oldest of the group goes, not the oldest overall.
+        let e = Limits { policy: EvictOldest, ..g };
+        let older = start(&[], session(9, T0 - 10), e, T0 - 10).unwrap();
+        let one = start(&older.slots, in_studio(1, T0), e, T0).unwrap();
+        let two = start(&one.slots, in_studio(2, T0 + 1), e, T0 + 1).unwrap();
+        assert_eq!(two.evicted, [SessionId(1)]);
+        assert_eq!(live_ids(&two.slots, T0 + 1), [9, 2]);
+    }
+
+    #[test]
+    fn replace_stops_first_in_the_same_step() {
+        let l = limits(2, RejectNew);
+        let slots = started(2, l);
+        let a = admit(
+            &slots,
+            &Admission { session: session(3, T0 + 9000), limits: l, replace: Some(SessionId(1)), unknown_until_ms: 0 },
+            T0 + 9000,
+        )
+        .unwrap();
+        assert_eq!(live_ids(&a.slots, T0 + 9000), [2, 3]);
+        assert_eq!(reason_of(&a.slots, 1), Some(StopReason::Replaced));
+        // If the start is refused anyway, the replace does not happen either.
+        let g = Limits { group: Some(("studio", 1)), ..limits(5, RejectNew) };
+        let s1 = start(&[], with_info(session(1, T0), None, Some("studio")), g, T0).unwrap();
+        let s2 = start(&s1.slots, session(2, T0 + 1), limits(5, RejectNew), T0 + 1).unwrap();
+        let refused = admit(
+            &s2.slots,
+            &Admission { session: with_info(session(3, T0 + 2), None, Some("studio")), limits: g, replace: Some(SessionId(2)), unknown_until_ms: 0 },
+            T0 + 2,
+        );
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn reject_new_device_replaces_the_same_device_and_counts_devices() {
+        let l = limits(2, RejectNewDevice);
+        let on = |id, t, d| with_info(session(id, t), Some(d), None);
+        let a = start(&[], on(1, T0, "tv"), l, T0).unwrap();
+        let b = start(&a.slots, on(2, T0 + 1, "phone"), l, T0 + 1).unwrap();
+        // The TV restarts: its orphan is replaced, still two devices.
+        let c = start(&b.slots, on(3, T0 + 2, "tv"), l, T0 + 2).unwrap();
+        assert_eq!(reason_of(&c.slots, 1), Some(StopReason::Replaced));
+        assert_eq!(c.active, 2);
+        let refused = start(&c.slots, on(4, T0 + 3, "laptop"), l, T0 + 3).unwrap_err();
+        assert_eq!(refused.active, 2);
+    }
+
+    /// SPEC §6, verbatim: limit 5, reject_new. Streams 1-5 play; all state is
+    /// lost; stream 6 starts (admitted: nothing is known); streams 1-4
+    /// heartbeat and are rebuilt (5 of 5); stream 5 heartbeats: 6 live > 5,
+    /// the latest-started is stream 6, so stream 6 is stopped
+    /// (limit_exceeded) and stream 5 gets 200; stream 6's next heartbeat gets
+    /// 410.
+    #[test]
+    fn healing_after_total_loss_keeps_the_earliest_started() {
+        let l = limits(5, RejectNew);
+        let before_loss = started(5, l);
+        assert_eq!(live_ids(&before_loss, T0 + 5000), [1, 2, 3, 4, 5]);
+
+        let now = T0 + 20_000;
+        let mut slots = start(&[], session(6, now), l, now).unwrap().slots;
+        for i in 1..=4 {
+            match beat(&slots, session(i, T0 + i * 1000), l, now + i) {
+                BeatOutcome::Renewed { slots: s, healed: true, stopped, .. } => {
+                    assert!(stopped.is_empty());
+                    slots = s;
+                }
+                other => panic!("stream {i} must be rebuilt: {other:?}"),
+            }
+        }
+        assert_eq!(live_ids(&slots, now + 10), [1, 2, 3, 4, 6]);
+        match beat(&slots, session(5, T0 + 5000), l, now + 10) {
+            BeatOutcome::Renewed { slots: s, healed: true, stopped, .. } => {
+                assert_eq!(stopped, [SessionId(6)]);
+                slots = s;
+            }
+            other => panic!("stream 5 must get 200: {other:?}"),
+        }
+        assert_eq!(live_ids(&slots, now + 10), [1, 2, 3, 4, 5]);
+        match beat(&slots, session(6, now), l, now + 30_000) {
+            BeatOutcome::Stopped(t) => assert_eq!((t.reason, t.by), (StopReason::LimitExceeded, None)),
+            other => panic!("stream 6 must get 410: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn evict_oldest_heal_stops_the_oldest_and_the_caller_can_lose() {
+        let l = limits(1, EvictOldest);
+        let newer = start(&[], session(2, T0 + 1000), l, T0 + 1000).unwrap().slots;
+        // Session 1 (older) heals onto a node that admitted 2: 1 loses.
+        match beat(&newer, session(1, T0), l, T0 + 2000) {
+            BeatOutcome::Lost { slots, healed: true, stopped, .. } => {
+                assert!(stopped.is_empty(), "only the caller lost");
+                assert_eq!(live_ids(&slots, T0 + 2000), [2]);
+                assert_eq!(reason_of(&slots, 1), Some(StopReason::LimitExceeded));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn expiry_frees_the_slot_exactly_at_the_ttl() {
+        let l = limits(1, RejectNew);
+        let slots = started(1, l);
+        let expires = T0 + 1000 + TTL;
+        assert!(start(&slots, session(2, expires - 1), l, expires - 1).is_err());
+        let a = start(&slots, session(2, expires), l, expires).unwrap();
+        assert_eq!(a.expired, 1);
+        assert_eq!(live_ids(&a.slots, expires), [2]);
+    }
+
+    #[test]
+    fn stop_is_idempotent_and_remembers_unknown_sessions() {
+        let slots = started(1, limits(2, RejectNew));
+        let stop_req = |id| Stop { id: SessionId(id), reason: StopReason::Ended, by: None, keep_until_ms: 0, unknown_until_ms: T0 + 500_000 };
+        let StopOutcome::Stopped { slots, .. } = stop(&slots, &stop_req(1), T0 + 2000) else { panic!() };
+        assert!(matches!(stop(&slots, &stop_req(1), T0 + 3000), StopOutcome::AlreadyStopped));
+        assert!(live_ids(&slots, T0 + 2000).is_empty());
+        let StopOutcome::Remembered { slots, .. } = stop(&slots, &stop_req(7), T0 + 3000) else { panic!() };
+        // A stopped session is never rebuilt by its heartbeat.
+        assert!(matches!(beat(&slots, session(7, T0), limits(2, RejectNew), T0 + 4000), BeatOutcome::Stopped(_)));
+        // Tombstones go once their time is up.
+        assert_eq!(prune(&slots, T0 + 500_000).map(|(s, _)| s.len()), Some(0));
+    }
+}

@@ -1,0 +1,371 @@
+//! Lease tokens (SPEC §3): `s1.<kid>.<payload>.<mac>`, where `payload` is a
+//! compact binary record in base64url and `mac` the keyed BLAKE3 hash, with
+//! the server key `kid`, of everything before the last dot.
+//!
+//! A token carries all a node needs to rebuild its session, so verifying one
+//! touches no shared state and allocates nothing: the payload is decoded
+//! into a stack buffer and read in place. Renewal re-signs the same payload
+//! with only the expiry changed.
+//!
+//! Payload layout (little-endian):
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 1 | policy (bits 0-1), has group/device/label/content (bits 2-5) |
+//! | 8 | session id |
+//! | 8 | start time, Unix ms |
+//! | 8 | token expiry, Unix ms |
+//! | 2 | limit |
+//! | 2 | group limit (0 without a group) |
+//! | 2 | poll seconds |
+//! | 1+n each | tenant, user, then group, device, label, content when present |
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+use crate::keys::{Key, KeyRing};
+use crate::wire::{self, Policy, SessionId};
+
+const PREFIX: &str = "s1.";
+const MAC_B64_LEN: usize = 43;
+const FIXED_LEN: usize = 31;
+const EXPIRY_AT: usize = 17;
+/// Decoded payloads never exceed this: a 512-byte token holds at most 384.
+const MAX_PAYLOAD: usize = wire::MAX_TOKEN_LEN * 3 / 4;
+
+const HAS_GROUP: u8 = 1 << 2;
+const HAS_DEVICE: u8 = 1 << 3;
+const HAS_LABEL: u8 = 1 << 4;
+const HAS_CONTENT: u8 = 1 << 5;
+
+/// Why a token was refused; the text is safe to show the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidToken(pub &'static str);
+
+/// What a lease token says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseClaims<'a> {
+    pub tenant: &'a str,
+    pub user: &'a str,
+    pub session: SessionId,
+    pub started_ms: u64,
+    pub expires_ms: u64,
+    pub limit: u32,
+    pub policy: Policy,
+    pub group: Option<(&'a str, u32)>,
+    pub device: Option<&'a str>,
+    pub label: Option<&'a str>,
+    pub content: Option<&'a str>,
+    pub poll_secs: u32,
+}
+
+impl LeaseClaims<'_> {
+    /// Signs these claims with `key`. Display-only fields (`content`, then
+    /// `label`) are shortened in the token when needed to keep it within
+    /// 512 bytes; `None` if the identifying fields alone do not fit.
+    pub fn mint(&self, key: &Key) -> Option<String> {
+        let budget = (wire::MAX_TOKEN_LEN - PREFIX.len() - key.kid.len() - 2 - MAC_B64_LEN) * 3 / 4;
+        let mut claims = *self;
+        let over = self.payload_len().saturating_sub(budget);
+        if over > 0 {
+            let content = claims.content.unwrap_or("");
+            let cut = over.min(content.len());
+            claims.content = Some(truncate(content, content.len() - cut)).filter(|s| !s.is_empty());
+            let label = claims.label.unwrap_or("");
+            let cut = (over - cut).min(label.len());
+            claims.label = Some(truncate(label, label.len() - cut)).filter(|s| !s.is_empty());
+            if claims.payload_len() > budget {
+                return None;
+            }
+        }
+        let mut buf = [0u8; MAX_PAYLOAD];
+        let len = claims.write_payload(&mut buf);
+        Some(sign(&buf[..len], key))
+    }
+
+    fn payload_len(&self) -> usize {
+        let strs = [Some(self.tenant), Some(self.user), self.group.map(|g| g.0), self.device, self.label, self.content];
+        FIXED_LEN + strs.iter().flatten().map(|s| 1 + s.len()).sum::<usize>()
+    }
+
+    fn write_payload(&self, buf: &mut [u8; MAX_PAYLOAD]) -> usize {
+        let mut flags = self.policy.to_u8();
+        flags |= if self.group.is_some() { HAS_GROUP } else { 0 };
+        flags |= if self.device.is_some() { HAS_DEVICE } else { 0 };
+        flags |= if self.label.is_some() { HAS_LABEL } else { 0 };
+        flags |= if self.content.is_some() { HAS_CONTENT } else { 0 };
+        let mut w = Writer { buf, at: 0 };
+        w.put(&[flags]);
+        w.put(&self.session.0.to_le_bytes());
+        w.put(&self.started_ms.to_le_bytes());
+        w.put(&self.expires_ms.to_le_bytes());
+        w.put(&(self.limit as u16).to_le_bytes());
+        w.put(&(self.group.map_or(0, |g| g.1) as u16).to_le_bytes());
+        w.put(&(self.poll_secs.min(u16::MAX as u32) as u16).to_le_bytes());
+        for s in [Some(self.tenant), Some(self.user), self.group.map(|g| g.0), self.device, self.label, self.content]
+            .into_iter()
+            .flatten()
+        {
+            w.put(&[s.len() as u8]);
+            w.put(s.as_bytes());
+        }
+        w.at
+    }
+}
+
+struct Writer<'a> {
+    buf: &'a mut [u8; MAX_PAYLOAD],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+}
+
+/// Longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn sign(payload: &[u8], key: &Key) -> String {
+    let mut token = String::with_capacity(wire::MAX_TOKEN_LEN);
+    token.push_str(PREFIX);
+    token.push_str(&key.kid);
+    token.push('.');
+    B64.encode_string(payload, &mut token);
+    let mac = blake3::keyed_hash(&key.secret, token.as_bytes());
+    token.push('.');
+    B64.encode_string(mac.as_bytes(), &mut token);
+    token
+}
+
+/// A verified lease token, decoded in place.
+#[derive(Clone)]
+pub struct Lease {
+    buf: [u8; MAX_PAYLOAD],
+    len: usize,
+    /// `(start, len)` of tenant, user, group, device, label, content; len 0 = absent.
+    strs: [(u16, u8); 6],
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.claims().fmt(f)
+    }
+}
+
+impl Lease {
+    /// Authenticates `token` with `keys` and checks its expiry at `now_ms`
+    /// (with `TOKEN_LEEWAY_MS` of grace).
+    pub fn verify(token: &str, keys: &KeyRing, now_ms: u64) -> Result<Lease, InvalidToken> {
+        const MALFORMED: InvalidToken = InvalidToken("malformed token");
+        if token.len() > wire::MAX_TOKEN_LEN {
+            return Err(MALFORMED);
+        }
+        let (signed, mac_b64) = token.rsplit_once('.').ok_or(MALFORMED)?;
+        let (kid, payload_b64) =
+            signed.strip_prefix(PREFIX).and_then(|r| r.split_once('.')).ok_or(MALFORMED)?;
+        let key = keys.find(kid).ok_or(InvalidToken("unknown key id"))?;
+        let mut mac = [0u8; 32];
+        if mac_b64.len() != MAC_B64_LEN || B64.decode_slice(mac_b64, &mut mac) != Ok(32) {
+            return Err(MALFORMED);
+        }
+        // `Hash == [u8; 32]` compares in constant time.
+        if blake3::keyed_hash(&key.secret, signed.as_bytes()) != mac {
+            return Err(InvalidToken("token signature does not match"));
+        }
+        let mut lease = Lease { buf: [0; MAX_PAYLOAD], len: 0, strs: [(0, 0); 6] };
+        lease.len = B64.decode_slice(payload_b64, &mut lease.buf).map_err(|_| MALFORMED)?;
+        lease.index().ok_or(MALFORMED)?;
+        if now_ms > lease.expires_ms().saturating_add(wire::TOKEN_LEEWAY_MS) {
+            return Err(InvalidToken("token has expired"));
+        }
+        Ok(lease)
+    }
+
+    /// Locates the strings and checks the layout; `None` if it is not ours.
+    fn index(&mut self) -> Option<()> {
+        let b = &self.buf[..self.len];
+        if b.len() < FIXED_LEN || Policy::from_u8(b[0] & 0b11).is_none() || b[0] >> 6 != 0 {
+            return None;
+        }
+        let present = [true, true, b[0] & HAS_GROUP != 0, b[0] & HAS_DEVICE != 0, b[0] & HAS_LABEL != 0, b[0] & HAS_CONTENT != 0];
+        let mut at = FIXED_LEN;
+        for (slot, present) in self.strs.iter_mut().zip(present) {
+            if !present {
+                continue;
+            }
+            let n = *b.get(at)? as usize;
+            let s = b.get(at + 1..at + 1 + n)?;
+            std::str::from_utf8(s).ok()?;
+            *slot = ((at + 1) as u16, n as u8);
+            at += 1 + n;
+        }
+        (at == b.len() && self.strs[0].1 > 0 && self.strs[1].1 > 0).then_some(())
+    }
+
+    fn u64_at(&self, at: usize) -> u64 {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&self.buf[at..at + 8]);
+        u64::from_le_bytes(v)
+    }
+
+    fn u16_at(&self, at: usize) -> u32 {
+        u16::from_le_bytes([self.buf[at], self.buf[at + 1]]) as u32
+    }
+
+    fn str_at(&self, i: usize) -> Option<&str> {
+        let (start, len) = self.strs[i];
+        let bytes = &self.buf[start as usize..start as usize + len as usize];
+        // Checked in `index`; an empty slot means absent.
+        (len > 0).then(|| std::str::from_utf8(bytes).unwrap_or_default())
+    }
+
+    pub fn expires_ms(&self) -> u64 {
+        self.u64_at(EXPIRY_AT)
+    }
+
+    pub fn claims(&self) -> LeaseClaims<'_> {
+        let group_limit = self.u16_at(27);
+        LeaseClaims {
+            tenant: self.str_at(0).unwrap_or_default(),
+            user: self.str_at(1).unwrap_or_default(),
+            session: SessionId(self.u64_at(1)),
+            started_ms: self.u64_at(9),
+            expires_ms: self.expires_ms(),
+            limit: self.u16_at(25),
+            policy: Policy::from_u8(self.buf[0] & 0b11).unwrap_or(Policy::RejectNew),
+            group: self.str_at(2).map(|g| (g, group_limit)),
+            device: self.str_at(3),
+            label: self.str_at(4),
+            content: self.str_at(5),
+            poll_secs: self.u16_at(29),
+        }
+    }
+
+    /// The same lease with a new expiry, signed with `key`.
+    pub fn renew(&self, expires_ms: u64, key: &Key) -> String {
+        let mut payload = self.buf;
+        payload[EXPIRY_AT..EXPIRY_AT + 8].copy_from_slice(&expires_ms.to_le_bytes());
+        sign(&payload[..self.len], key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> KeyRing {
+        KeyRing::new(vec![
+            Key { kid: "s2".into(), secret: [2; 32] },
+            Key { kid: "s1".into(), secret: [1; 32] },
+        ])
+        .unwrap()
+    }
+
+    fn claims() -> LeaseClaims<'static> {
+        LeaseClaims {
+            tenant: "acme",
+            user: "alice",
+            session: SessionId(0xdead_beef),
+            started_ms: 1_700_000_000_123,
+            expires_ms: 1_700_000_090_123,
+            limit: 3,
+            policy: Policy::EvictOldest,
+            group: Some(("studio", 1)),
+            device: Some("tv 1"),
+            label: Some("Living room TV"),
+            content: None,
+            poll_secs: 30,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_url_safe() {
+        let token = claims().mint(ring().signing()).unwrap();
+        assert!(token.starts_with("s1.s2."));
+        assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+        let lease = Lease::verify(&token, &ring(), 1_700_000_000_500).unwrap();
+        assert_eq!(lease.claims(), claims());
+    }
+
+    #[test]
+    fn verifies_with_any_configured_key_and_renews_with_the_signer() {
+        let old = KeyRing::new(vec![Key { kid: "s1".into(), secret: [1; 32] }]).unwrap();
+        let token = claims().mint(old.signing()).unwrap();
+        let lease = Lease::verify(&token, &ring(), 1_700_000_000_500).unwrap();
+        let renewed = lease.renew(1_700_000_200_000, ring().signing());
+        assert!(renewed.starts_with("s1.s2."));
+        let again = Lease::verify(&renewed, &ring(), 1_700_000_100_000).unwrap();
+        assert_eq!(again.claims().expires_ms, 1_700_000_200_000);
+        assert_eq!(LeaseClaims { expires_ms: claims().expires_ms, ..again.claims() }, claims());
+        let unknown = KeyRing::new(vec![Key { kid: "s9".into(), secret: [1; 32] }]).unwrap();
+        assert_eq!(Lease::verify(&token, &unknown, 0).unwrap_err(), InvalidToken("unknown key id"));
+    }
+
+    #[test]
+    fn expiry_has_five_seconds_leeway() {
+        let token = claims().mint(ring().signing()).unwrap();
+        let exp = claims().expires_ms;
+        assert!(Lease::verify(&token, &ring(), exp + 5_000).is_ok());
+        assert_eq!(Lease::verify(&token, &ring(), exp + 5_001).unwrap_err(), InvalidToken("token has expired"));
+    }
+
+    #[test]
+    fn any_flipped_byte_is_refused() {
+        let token = claims().mint(ring().signing()).unwrap();
+        for i in 0..token.len() {
+            let mut bytes = token.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let t = String::from_utf8(bytes).unwrap();
+            assert!(Lease::verify(&t, &ring(), 0).is_err(), "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn long_fields_fit_in_512_bytes_by_shortening_display_text() {
+        let content = "é".repeat(64);
+        let label = "l".repeat(64);
+        let device = "d".repeat(128);
+        let c = LeaseClaims {
+            user: "u",
+            device: Some(&device),
+            label: Some(&label),
+            content: Some(&content),
+            ..claims()
+        };
+        let token = c.mint(ring().signing()).unwrap();
+        assert!(token.len() <= 512, "{}", token.len());
+        let lease = Lease::verify(&token, &ring(), 0).unwrap();
+        let got = lease.claims();
+        assert_eq!(got.device, Some(device.as_str()));
+        assert!(content.starts_with(got.content.unwrap_or("")));
+
+        let user = "u".repeat(128);
+        let group = "g".repeat(64);
+        let tenant = "t".repeat(64);
+        let huge = LeaseClaims { tenant: &tenant, user: &user, group: Some((&group, 1)), ..c };
+        assert_eq!(huge.mint(ring().signing()), None);
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let r = ring();
+        for junk in ["", "s1.", "s1.s2..", "s1.s2.AAAA.AAAA", "g1.x.y", "s1.s2.!!.??", &"s".repeat(600)] {
+            assert!(Lease::verify(junk, &r, 0).is_err(), "{junk:?}");
+        }
+        // A correctly signed payload that is not our layout.
+        let key = r.signing();
+        for payload in [&b""[..], &[0xffu8; 40], &[0u8; 31]] {
+            let token = sign(payload, key);
+            assert_eq!(Lease::verify(&token, &r, 0).unwrap_err(), InvalidToken("malformed token"));
+        }
+    }
+}

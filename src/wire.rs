@@ -1,0 +1,277 @@
+//! The contract in one file: JSON shapes, error codes, size limits and
+//! defaults from SPEC §2–4 and §8. Check this module against `SPEC.md`.
+//! Nothing here does I/O or knows about hyper.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+// ---- limits (SPEC §4) -------------------------------------------------------
+
+/// Most request headers accepted; more gets `431`.
+pub const MAX_HEADERS: usize = 64;
+/// Most bytes of request line plus headers; more gets `431` (or `414`).
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest request body; more gets `413`.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest lease token the server mints (SPEC §3).
+pub const MAX_TOKEN_LEN: usize = 512;
+/// Longest grant accepted; far above any valid grant, it bounds the work an
+/// attacker can make us do before the MAC check.
+pub const MAX_GRANT_LEN: usize = 4096;
+
+// ---- clock-skew leeways ------------------------------------------------------
+
+/// A grant is accepted until `exp` plus this (SPEC §2).
+pub const GRANT_LEEWAY_MS: u64 = 30_000;
+/// A lease token is accepted until its expiry plus this (SPEC §3); tombstones
+/// are kept this much longer than the last token they answer for.
+pub const TOKEN_LEEWAY_MS: u64 = 5_000;
+
+// ---- defaults (SPEC §8) ------------------------------------------------------
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_POLL_SECS: u32 = 30;
+pub const DEFAULT_MIN_POLL_SECS: u32 = 1;
+pub const DEFAULT_MAX_POLL_SECS: u32 = 3600;
+pub const DEFAULT_TTL_FACTOR: u32 = 3;
+pub const DEFAULT_MAX_SESSIONS: u64 = 50_000_000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_SWEEP_MILLIS: u64 = 1_000;
+
+// ---- field rules (SPEC §2) -----------------------------------------------------
+
+pub const MAX_LIMIT: u32 = 1000;
+pub const MAX_TENANT_LEN: usize = 64;
+pub const MAX_USER_LEN: usize = 128;
+pub const MAX_GROUP_LEN: usize = 64;
+pub const MAX_DEVICE_LEN: usize = 128;
+pub const MAX_LABEL_LEN: usize = 64;
+pub const MAX_CONTENT_LEN: usize = 128;
+
+/// `[A-Za-z0-9_-]`, 1..=max: tenant ids.
+pub fn is_tenant_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_TENANT_LEN
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `[A-Za-z0-9._~-]`, 1..=max: users and groups (URL-safe as they are).
+pub fn is_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+}
+
+/// Printable ASCII, 1..=max: device ids.
+pub fn is_device(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_DEVICE_LEN && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
+}
+
+// ---- domain words that appear on the wire ----------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    RejectNew,
+    EvictOldest,
+    RejectNewDevice,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::RejectNew => "reject_new",
+            Policy::EvictOldest => "evict_oldest",
+            Policy::RejectNewDevice => "reject_new_device",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Policy> {
+        [Policy::RejectNew, Policy::EvictOldest, Policy::RejectNewDevice].get(v as usize).copied()
+    }
+
+    pub fn to_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Policy, String> {
+        match s {
+            "reject_new" => Ok(Policy::RejectNew),
+            "evict_oldest" => Ok(Policy::EvictOldest),
+            "reject_new_device" => Ok(Policy::RejectNewDevice),
+            _ => Err(format!(
+                "unknown policy {s:?} (expected reject_new, evict_oldest or reject_new_device)"
+            )),
+        }
+    }
+}
+
+/// Why a session stopped; the `reason` of a `410`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Evicted,
+    LimitExceeded,
+    Replaced,
+    Ended,
+    Kicked,
+}
+
+impl StopReason {
+    pub const ALL: [StopReason; 5] = [
+        StopReason::Evicted,
+        StopReason::LimitExceeded,
+        StopReason::Replaced,
+        StopReason::Ended,
+        StopReason::Kicked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Evicted => "evicted",
+            StopReason::LimitExceeded => "limit_exceeded",
+            StopReason::Replaced => "replaced",
+            StopReason::Ended => "ended",
+            StopReason::Kicked => "kicked",
+        }
+    }
+}
+
+/// A session id: 64 random bits, written as 16 lowercase hex characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<SessionId, ()> {
+        if s.len() != 16 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(());
+        }
+        u64::from_str_radix(s, 16).map(SessionId).map_err(|_| ())
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+// ---- response bodies ---------------------------------------------------------------
+
+/// One session as players see it in lists, 409s and `by` (SPEC §4).
+/// `session_id` and `expires_at` are `null` only in the `by` of a kick, where
+/// the kicker is a grant holder rather than a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionView {
+    pub session_id: Option<SessionId>,
+    pub started_at: u64,
+    pub expires_at: Option<u64>,
+    pub device: Option<String>,
+    pub label: Option<String>,
+    pub content: Option<String>,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StartedBody<'a> {
+    pub session_id: SessionId,
+    pub token: &'a str,
+    pub poll_after: u32,
+    pub expires_at: u64,
+    pub active: usize,
+    pub limit: u32,
+    pub evicted: &'a [SessionId],
+}
+
+#[derive(Debug, Serialize)]
+pub struct RenewedBody<'a> {
+    pub session_id: SessionId,
+    pub token: &'a str,
+    pub poll_after: u32,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListBody<'a> {
+    pub limit: u32,
+    pub active: usize,
+    pub sessions: &'a [SessionView],
+}
+
+/// Every error body: `{"error", "message"}` plus the fields of its kind.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: &'static str,
+    pub message: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<ErrorExtra<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ErrorExtra<'a> {
+    Limit { limit: u32, active: usize, sessions: &'a [SessionView] },
+    Stopped { reason: StopReason, by: Option<&'a SessionView> },
+}
+
+/// Milliseconds to whole Unix seconds, as the API shows times.
+pub fn unix_secs(ms: u64) -> u64 {
+    ms / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_id_text_round_trip() {
+        let id = SessionId(0x00ab_cdef_0123_4567);
+        assert_eq!(id.to_string(), "00abcdef01234567");
+        assert_eq!("00abcdef01234567".parse::<SessionId>(), Ok(id));
+        for bad in ["", "00ABCDEF01234567", "00abcdef0123456", "+0abcdef01234567", "g0abcdef01234567"]
+        {
+            assert!(bad.parse::<SessionId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_follow_spec_charsets() {
+        assert!(is_name("a.b_c~d-9", MAX_USER_LEN));
+        assert!(!is_name("a/b", MAX_USER_LEN));
+        assert!(!is_name("", MAX_USER_LEN));
+        assert!(!is_name(&"a".repeat(129), MAX_USER_LEN));
+        assert!(is_tenant_id("acme_1-x"));
+        assert!(!is_tenant_id("acme.x"));
+        assert!(is_device("Living room TV #2"));
+        assert!(!is_device("tab\there"));
+    }
+
+    #[test]
+    fn error_body_shapes() {
+        let body = ErrorBody {
+            error: "session_stopped",
+            message: "m",
+            extra: Some(ErrorExtra::Stopped { reason: StopReason::LimitExceeded, by: None }),
+        };
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"error":"session_stopped","message":"m","reason":"limit_exceeded","by":null}"#
+        );
+        let plain = ErrorBody { error: "not_found", message: "m", extra: None };
+        assert_eq!(serde_json::to_string(&plain).unwrap(), r#"{"error":"not_found","message":"m"}"#);
+    }
+}
