@@ -107,12 +107,7 @@ impl GrantClaims<'_> {
 }
 
 /// Authenticates and validates a grant at `now_ms` (Unix milliseconds).
-pub fn verify(
-    token: &str,
-    tenants: &Tenants,
-    bounds: PollBounds,
-    now_ms: u64,
-) -> Result<Grant, InvalidGrant> {
+pub fn verify(token: &str, tenants: &Tenants, bounds: PollBounds, now_ms: u64) -> Result<Grant, InvalidGrant> {
     if token.len() > wire::MAX_GRANT_LEN {
         return Err(InvalidGrant("grant is too long"));
     }
@@ -146,12 +141,7 @@ fn decode_mac(b64: &str) -> Option<[u8; 32]> {
     }
 }
 
-fn validate(
-    c: GrantClaims<'_>,
-    tenant: &Tenant,
-    bounds: PollBounds,
-    now_ms: u64,
-) -> Result<Grant, InvalidGrant> {
+fn validate(c: GrantClaims<'_>, tenant: &Tenant, bounds: PollBounds, now_ms: u64) -> Result<Grant, InvalidGrant> {
     if !wire::is_tenant_id(&c.tenant) {
         return Err(InvalidGrant("tenant is not valid"));
     }
@@ -221,11 +211,9 @@ pub(crate) mod tests {
     pub const SECRET: [u8; 32] = [7u8; 32];
 
     pub fn tenants() -> Tenants {
-        let keys = KeyRing::new(vec![
-            Key { kid: "k1".into(), secret: SECRET },
-            Key { kid: "k0".into(), secret: [9u8; 32] },
-        ])
-        .unwrap();
+        let keys =
+            KeyRing::new(vec![Key { kid: "k1".into(), secret: SECRET }, Key { kid: "k0".into(), secret: [9u8; 32] }])
+                .unwrap();
         let mut t = Tenants::default();
         t.insert("acme".into(), Tenant { keys, default_policy: Policy::RejectNew });
         t

@@ -28,13 +28,10 @@ impl Key {
             || kid.len() > MAX_KID_LEN
             || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(format!(
-                "key id {kid:?} must be 1-{MAX_KID_LEN} characters of [A-Za-z0-9_-]"
-            ));
+            return Err(format!("key id {kid:?} must be 1-{MAX_KID_LEN} characters of [A-Za-z0-9_-]"));
         }
-        let secret = parse_hex_key(hex).ok_or_else(|| {
-            format!("secret of key {kid:?} must be 64 lowercase hex characters (32 bytes)")
-        })?;
+        let secret = parse_hex_key(hex)
+            .ok_or_else(|| format!("secret of key {kid:?} must be 64 lowercase hex characters (32 bytes)"))?;
         Ok(Key { kid: kid.into(), secret })
     }
 }

@@ -1,5 +1,33 @@
+//! streamcap: a stream-concurrency limiter. Players start a session, renew
+//! it with heartbeats and stop it; an account over its limit is refused or
+//! loses its oldest stream. All state is in RAM; the lease tokens players
+//! hold carry enough to rebuild every session after a restart.
+//!
+//! # Layout
+//!
+//! - [`wire`]: the contract: JSON shapes, error codes, limits, defaults.
+//! - [`keys`]: key material and key rings.
+//! - [`grant`]: grants minted by tenants' backends (parse, verify, mint).
+//! - [`token`]: lease tokens minted by the server (mint, verify, renew).
+//! - [`policy`]: the admission, healing and expiry rules over one user, pure.
+//! - [`store`]: every user's records in a lock-free map; one atomic step per operation.
+//! - [`limiter`]: the core service: credentials in, store operations, answers out.
+//! - [`metrics`]: counters and their Prometheus rendering.
+//! - [`http`]: the HTTP adapter: routes, bodies, CORS, the one error-to-status map.
+//! - [`server`]: listeners, connection limits, timeouts, shutdown, the sweeper.
+//! - [`config`]: file, environment and flags, validated; dev mode.
+//! - [`cli`]: `serve`, `mint` and `keygen`.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
 pub mod grant;
+pub mod http;
 pub mod keys;
+pub mod limiter;
+pub mod metrics;
 pub mod policy;
+pub mod server;
+pub mod store;
 pub mod token;
 pub mod wire;

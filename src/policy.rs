@@ -20,7 +20,12 @@ pub struct Info {
 
 impl Info {
     /// `None` when every field is absent, so plain sessions cost no allocation.
-    pub fn new(device: Option<&str>, label: Option<&str>, content: Option<&str>, group: Option<&str>) -> Option<Arc<Info>> {
+    pub fn new(
+        device: Option<&str>,
+        label: Option<&str>,
+        content: Option<&str>,
+        group: Option<&str>,
+    ) -> Option<Arc<Info>> {
         if device.is_none() && label.is_none() && content.is_none() && group.is_none() {
             return None;
         }
@@ -170,7 +175,13 @@ impl Working {
     }
 
     /// Stops every live session the predicate picks; returns their ids.
-    fn stop_where(&mut self, pick: impl Fn(&Session) -> bool, reason: StopReason, by: &Option<Arc<By>>, now: u64) -> Vec<SessionId> {
+    fn stop_where(
+        &mut self,
+        pick: impl Fn(&Session) -> bool,
+        reason: StopReason,
+        by: &Option<Arc<By>>,
+        now: u64,
+    ) -> Vec<SessionId> {
         let ids: Vec<SessionId> = self.live().filter(|s| pick(s)).map(|s| s.id).collect();
         for id in &ids {
             if let Some(i) = self.find(*id) {
@@ -303,10 +314,11 @@ pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, 
     }
 }
 
-/// A heartbeat to be judged: the session as its token describes it.
-#[derive(Debug)]
+/// A heartbeat to be judged, as its token describes it.
 pub struct Beat<'a> {
-    pub session: Session,
+    pub id: SessionId,
+    /// The session as the token describes it; called only to rebuild it.
+    pub rebuild: &'a dyn Fn() -> Session,
     pub limits: Limits<'a>,
     /// The presented token's expiry: a tombstone must outlive it.
     pub token_expires_ms: u64,
@@ -327,15 +339,15 @@ pub enum BeatOutcome {
 /// SPEC §6: find or rebuild the session, re-validate the user's limits by
 /// the caller's policy, renew.
 pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
-    if let Some(Slot::Stopped(t)) = current.iter().find(|s| s.id() == b.session.id) {
+    if let Some(Slot::Stopped(t)) = current.iter().find(|s| s.id() == b.id) {
         return BeatOutcome::Stopped(t.clone());
     }
     let mut w = Working::new(current, now);
-    let healed = match w.find(b.session.id) {
+    let healed = match w.find(b.id) {
         Some(_) => false,
         None => {
             // Unknown here, or expired but within the token's leeway: rebuild.
-            w.slots.push(Slot::Live(b.session.clone()));
+            w.slots.push(Slot::Live((b.rebuild)()));
             true
         }
     };
@@ -359,7 +371,7 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
     let units = w.units(|_| true, lim.by_device());
     enforce(&mut w, units, lim.limit as usize);
 
-    let me = w.find(b.session.id);
+    let me = w.find(b.id);
     let expired = w.expired;
     match me.map(|i| &mut w.slots[i]) {
         Some(Slot::Live(s)) => {
@@ -368,7 +380,7 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
         }
         Some(Slot::Stopped(t)) => {
             t.until_ms = t.until_ms.max(b.token_expires_ms + TOKEN_LEEWAY_MS);
-            stopped.retain(|id| *id != b.session.id);
+            stopped.retain(|id| *id != b.id);
             BeatOutcome::Lost { slots: w.into_slots(), healed, stopped, expired }
         }
         None => unreachable!("the caller's session was inserted above"),
@@ -390,9 +402,15 @@ pub struct Stop {
 /// Whether a stop changed anything, and the records after it.
 #[derive(Debug)]
 pub enum StopOutcome {
-    Stopped { slots: Box<[Slot]>, expired: usize },
+    Stopped {
+        slots: Box<[Slot]>,
+        expired: usize,
+    },
     /// Unknown here: a tombstone now answers for it.
-    Remembered { slots: Box<[Slot]>, expired: usize },
+    Remembered {
+        slots: Box<[Slot]>,
+        expired: usize,
+    },
     AlreadyStopped,
 }
 
@@ -412,7 +430,12 @@ pub fn stop(current: &[Slot], s: &Stop, now: u64) -> StopOutcome {
             StopOutcome::Stopped { slots: w.into_slots(), expired }
         }
         None => {
-            w.slots.push(Slot::Stopped(Tombstone { id: s.id, reason: s.reason, until_ms: s.unknown_until_ms, by: s.by.clone() }));
+            w.slots.push(Slot::Stopped(Tombstone {
+                id: s.id,
+                reason: s.reason,
+                until_ms: s.unknown_until_ms,
+                by: s.by.clone(),
+            }));
             let expired = w.expired;
             StopOutcome::Remembered { slots: w.into_slots(), expired }
         }
@@ -464,8 +487,9 @@ mod tests {
     }
 
     fn beat(slots: &[Slot], s: Session, l: Limits<'_>, now: u64) -> BeatOutcome {
-        let token_expires_ms = s.expires_ms;
-        heartbeat(slots, &Beat { session: s, limits: l, token_expires_ms, renew_to_ms: now + TTL }, now)
+        let (id, token_expires_ms) = (s.id, s.expires_ms);
+        let rebuild = move || s.clone();
+        heartbeat(slots, &Beat { id, rebuild: &rebuild, limits: l, token_expires_ms, renew_to_ms: now + TTL }, now)
     }
 
     fn live_ids(slots: &[Slot], now: u64) -> Vec<u64> {
@@ -555,7 +579,12 @@ mod tests {
         let s2 = start(&s1.slots, session(2, T0 + 1), limits(5, RejectNew), T0 + 1).unwrap();
         let refused = admit(
             &s2.slots,
-            &Admission { session: with_info(session(3, T0 + 2), None, Some("studio")), limits: g, replace: Some(SessionId(2)), unknown_until_ms: 0 },
+            &Admission {
+                session: with_info(session(3, T0 + 2), None, Some("studio")),
+                limits: g,
+                replace: Some(SessionId(2)),
+                unknown_until_ms: 0,
+            },
             T0 + 2,
         );
         assert!(refused.is_err());
@@ -642,7 +671,13 @@ mod tests {
     #[test]
     fn stop_is_idempotent_and_remembers_unknown_sessions() {
         let slots = started(1, limits(2, RejectNew));
-        let stop_req = |id| Stop { id: SessionId(id), reason: StopReason::Ended, by: None, keep_until_ms: 0, unknown_until_ms: T0 + 500_000 };
+        let stop_req = |id| Stop {
+            id: SessionId(id),
+            reason: StopReason::Ended,
+            by: None,
+            keep_until_ms: 0,
+            unknown_until_ms: T0 + 500_000,
+        };
         let StopOutcome::Stopped { slots, .. } = stop(&slots, &stop_req(1), T0 + 2000) else { panic!() };
         assert!(matches!(stop(&slots, &stop_req(1), T0 + 3000), StopOutcome::AlreadyStopped));
         assert!(live_ids(&slots, T0 + 2000).is_empty());

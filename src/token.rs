@@ -170,8 +170,7 @@ impl Lease {
             return Err(MALFORMED);
         }
         let (signed, mac_b64) = token.rsplit_once('.').ok_or(MALFORMED)?;
-        let (kid, payload_b64) =
-            signed.strip_prefix(PREFIX).and_then(|r| r.split_once('.')).ok_or(MALFORMED)?;
+        let (kid, payload_b64) = signed.strip_prefix(PREFIX).and_then(|r| r.split_once('.')).ok_or(MALFORMED)?;
         let key = keys.find(kid).ok_or(InvalidToken("unknown key id"))?;
         let mut mac = [0u8; 32];
         if mac_b64.len() != MAC_B64_LEN || B64.decode_slice(mac_b64, &mut mac) != Ok(32) {
@@ -196,7 +195,8 @@ impl Lease {
         if b.len() < FIXED_LEN || Policy::from_u8(b[0] & 0b11).is_none() || b[0] >> 6 != 0 {
             return None;
         }
-        let present = [true, true, b[0] & HAS_GROUP != 0, b[0] & HAS_DEVICE != 0, b[0] & HAS_LABEL != 0, b[0] & HAS_CONTENT != 0];
+        let present =
+            [true, true, b[0] & HAS_GROUP != 0, b[0] & HAS_DEVICE != 0, b[0] & HAS_LABEL != 0, b[0] & HAS_CONTENT != 0];
         let mut at = FIXED_LEN;
         for (slot, present) in self.strs.iter_mut().zip(present) {
             if !present {
@@ -263,11 +263,8 @@ mod tests {
     use super::*;
 
     fn ring() -> KeyRing {
-        KeyRing::new(vec![
-            Key { kid: "s2".into(), secret: [2; 32] },
-            Key { kid: "s1".into(), secret: [1; 32] },
-        ])
-        .unwrap()
+        KeyRing::new(vec![Key { kid: "s2".into(), secret: [2; 32] }, Key { kid: "s1".into(), secret: [1; 32] }])
+            .unwrap()
     }
 
     fn claims() -> LeaseClaims<'static> {
@@ -334,13 +331,8 @@ mod tests {
         let content = "é".repeat(64);
         let label = "l".repeat(64);
         let device = "d".repeat(128);
-        let c = LeaseClaims {
-            user: "u",
-            device: Some(&device),
-            label: Some(&label),
-            content: Some(&content),
-            ..claims()
-        };
+        let c =
+            LeaseClaims { user: "u", device: Some(&device), label: Some(&label), content: Some(&content), ..claims() };
         let token = c.mint(ring().signing()).unwrap();
         assert!(token.len() <= 512, "{}", token.len());
         let lease = Lease::verify(&token, &ring(), 0).unwrap();

@@ -55,9 +55,7 @@ pub const MAX_CONTENT_LEN: usize = 128;
 
 /// `[A-Za-z0-9_-]`, 1..=max: tenant ids.
 pub fn is_tenant_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_TENANT_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !s.is_empty() && s.len() <= MAX_TENANT_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `[A-Za-z0-9._~-]`, 1..=max: users and groups (URL-safe as they are).
@@ -106,9 +104,7 @@ impl FromStr for Policy {
             "reject_new" => Ok(Policy::RejectNew),
             "evict_oldest" => Ok(Policy::EvictOldest),
             "reject_new_device" => Ok(Policy::RejectNewDevice),
-            _ => Err(format!(
-                "unknown policy {s:?} (expected reject_new, evict_oldest or reject_new_device)"
-            )),
+            _ => Err(format!("unknown policy {s:?} (expected reject_new, evict_oldest or reject_new_device)")),
         }
     }
 }
@@ -125,13 +121,8 @@ pub enum StopReason {
 }
 
 impl StopReason {
-    pub const ALL: [StopReason; 5] = [
-        StopReason::Evicted,
-        StopReason::LimitExceeded,
-        StopReason::Replaced,
-        StopReason::Ended,
-        StopReason::Kicked,
-    ];
+    pub const ALL: [StopReason; 5] =
+        [StopReason::Evicted, StopReason::LimitExceeded, StopReason::Replaced, StopReason::Ended, StopReason::Kicked];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -242,8 +233,7 @@ mod tests {
         let id = SessionId(0x00ab_cdef_0123_4567);
         assert_eq!(id.to_string(), "00abcdef01234567");
         assert_eq!("00abcdef01234567".parse::<SessionId>(), Ok(id));
-        for bad in ["", "00ABCDEF01234567", "00abcdef0123456", "+0abcdef01234567", "g0abcdef01234567"]
-        {
+        for bad in ["", "00ABCDEF01234567", "00abcdef0123456", "+0abcdef01234567", "g0abcdef01234567"] {
             assert!(bad.parse::<SessionId>().is_err(), "{bad}");
         }
     }

@@ -1,0 +1,358 @@
+//! The HTTP adapter for the public API (SPEC §4) and the operator endpoints:
+//! parse the route, headers and (bounded) body, call the core, render JSON.
+//! Every failure becomes a status in exactly one place, [`failure`]. The
+//! core never sees a hyper type; this module never decides policy.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+use serde::Serialize;
+
+use crate::limiter::{Error, Limiter};
+use crate::metrics::Route;
+use crate::wire::{self, ErrorBody, ErrorExtra, ListBody, RenewedBody, SessionId, StartedBody};
+
+pub type Reply = Response<Full<Bytes>>;
+
+/// Per-server HTTP settings.
+pub struct Api {
+    pub limiter: Limiter,
+    pub cors: Cors,
+    /// Bound on reading a request body.
+    pub body_timeout: Duration,
+}
+
+/// Which browser origins may call the API.
+#[derive(Debug, Clone)]
+pub enum Cors {
+    Any,
+    Only(Vec<HeaderValue>),
+}
+
+impl Cors {
+    pub fn new(origins: &[String]) -> Cors {
+        if origins.iter().any(|o| o == "*") {
+            return Cors::Any;
+        }
+        Cors::Only(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect())
+    }
+
+    fn allow(&self, req: &HeaderMap, res: &mut HeaderMap) {
+        match self {
+            Cors::Any => {
+                res.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            }
+            Cors::Only(allowed) => {
+                res.insert(header::VARY, HeaderValue::from_static("Origin"));
+                if let Some(origin) = req.get(header::ORIGIN).filter(|o| allowed.contains(o)) {
+                    res.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Why a request failed: the core's reasons plus the adapter's own.
+#[derive(Debug)]
+pub enum Failure {
+    Core(Error),
+    NotFound,
+    MethodNotAllowed(&'static str),
+    BadRequest(&'static str),
+    TooLarge,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Core(e)
+    }
+}
+
+/// The one place where failures become statuses and error bodies.
+pub fn failure(f: &Failure) -> Reply {
+    let plain = |status, error, message: &str| json(status, &ErrorBody { error, message, extra: None });
+    match f {
+        Failure::Core(Error::InvalidGrant(m)) => plain(StatusCode::UNAUTHORIZED, "invalid_grant", m),
+        Failure::Core(Error::InvalidToken(m)) => plain(StatusCode::UNAUTHORIZED, "invalid_token", m),
+        Failure::Core(Error::Forbidden(m)) => plain(StatusCode::FORBIDDEN, "forbidden", m),
+        Failure::Core(Error::LimitReached { group, limit, active, sessions }) => {
+            let (error, message) = if *group {
+                ("group_limit_reached", "too many streams of this group: stop one of these")
+            } else {
+                ("limit_reached", "too many streams: stop one of these")
+            };
+            let extra = Some(ErrorExtra::Limit { limit: *limit, active: *active, sessions });
+            json(StatusCode::CONFLICT, &ErrorBody { error, message, extra })
+        }
+        Failure::Core(Error::Stopped { reason, by }) => {
+            let extra = Some(ErrorExtra::Stopped { reason: *reason, by: by.as_deref() });
+            let body =
+                ErrorBody { error: "session_stopped", message: "this session has stopped: stop playback", extra };
+            json(StatusCode::GONE, &body)
+        }
+        Failure::Core(Error::OverCapacity) => {
+            let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "over_capacity", "the server is full: retry later");
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+        Failure::NotFound => plain(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        Failure::MethodNotAllowed(allow) => {
+            let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route");
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+            r
+        }
+        Failure::BadRequest(m) => close(plain(StatusCode::BAD_REQUEST, "bad_request", m)),
+        Failure::TooLarge => {
+            close(plain(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is over 16 KiB"))
+        }
+    }
+}
+
+/// Asks hyper to close the connection after this response: after a framing
+/// error the rest of the stream cannot be trusted.
+fn close(mut r: Reply) -> Reply {
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+pub fn json(status: StatusCode, body: &impl Serialize) -> Reply {
+    // Our bodies are plain structs of strings and numbers: serialising cannot fail.
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn empty(status: StatusCode) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A parsed API path.
+#[derive(Debug, PartialEq, Eq)]
+enum Path<'a> {
+    Sessions(&'a str),
+    Session(&'a str, &'a str),
+    Heartbeat(&'a str, &'a str),
+}
+
+fn parse_path(path: &str) -> Option<Path<'_>> {
+    let rest = path.strip_prefix("/v1/users/")?;
+    let mut parts = rest.split('/');
+    let user = parts.next()?;
+    if parts.next()? != "sessions" {
+        return None;
+    }
+    match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => Some(Path::Sessions(user)),
+        (Some(id), None, _) => Some(Path::Session(user, id)),
+        (Some(id), Some("heartbeat"), None) => Some(Path::Heartbeat(user, id)),
+        _ => None,
+    }
+}
+
+fn route_of(path: &Option<Path<'_>>, method: &Method) -> Route {
+    match (path, method) {
+        (_, &Method::OPTIONS) => Route::Preflight,
+        (Some(Path::Sessions(_)), &Method::POST) => Route::Start,
+        (Some(Path::Sessions(_)), &Method::GET) => Route::List,
+        (Some(Path::Session(..)), &Method::DELETE) => Route::Stop,
+        (Some(Path::Heartbeat(..)), &Method::POST) => Route::Heartbeat,
+        _ => Route::Other,
+    }
+}
+
+/// Serves one public API request.
+pub async fn serve_api(api: Arc<Api>, req: Request<Incoming>) -> Reply {
+    let (parts, body) = req.into_parts();
+    let path = parse_path(parts.uri.path());
+    let route = route_of(&path, &parts.method);
+    let mut reply = match read_body(&api, &parts.headers, body).await {
+        Err(f) => failure(&f),
+        Ok(()) => match answer(&api, &parts, path) {
+            Ok(reply) => reply,
+            Err(f) => failure(&f),
+        },
+    };
+    api.cors.allow(&parts.headers, reply.headers_mut());
+    api.limiter.metrics().request(route, reply.status().as_u16());
+    reply
+}
+
+/// Reads and discards any request body, within SPEC §4's limits: our
+/// requests carry none, but the connection must stay in step.
+async fn read_body(api: &Api, headers: &HeaderMap, body: Incoming) -> Result<(), Failure> {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let (Some(len), more) = (lengths.next(), lengths.next()) {
+        if more.is_some() {
+            return Err(Failure::BadRequest("duplicated Content-Length"));
+        }
+        let len: u64 =
+            len.to_str().ok().and_then(|s| s.parse().ok()).ok_or(Failure::BadRequest("bad Content-Length"))?;
+        if len > wire::MAX_BODY_BYTES as u64 {
+            return Err(Failure::TooLarge);
+        }
+    }
+    if body.is_end_stream() {
+        return Ok(());
+    }
+    let limited = Limited::new(body, wire::MAX_BODY_BYTES);
+    match tokio::time::timeout(api.body_timeout, limited.collect()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::TooLarge),
+        Ok(Err(_)) => Err(Failure::BadRequest("request body could not be read")),
+        Err(_) => Err(Failure::BadRequest("request body took too long")),
+    }
+}
+
+fn answer(api: &Api, parts: &http::request::Parts, path: Option<Path<'_>>) -> Result<Reply, Failure> {
+    let path = path.ok_or(Failure::NotFound)?;
+    let allow = match path {
+        Path::Sessions(_) => "GET, POST, OPTIONS",
+        Path::Session(..) => "DELETE, OPTIONS",
+        Path::Heartbeat(..) => "POST, OPTIONS",
+    };
+    if parts.method == Method::OPTIONS {
+        return Ok(preflight());
+    }
+    let limiter = &api.limiter;
+    let now = now_ms();
+    match (&parts.method, path) {
+        (&Method::POST, Path::Sessions(user)) => {
+            let replace = replace_param(parts.uri.query())?;
+            let s = limiter.start(checked_user(user)?, bearer(&parts.headers), replace, now)?;
+            let body = StartedBody {
+                session_id: s.session_id,
+                token: &s.token,
+                poll_after: s.poll_after,
+                expires_at: wire::unix_secs(s.expires_ms),
+                active: s.active,
+                limit: s.limit,
+                evicted: &s.evicted,
+            };
+            Ok(json(StatusCode::CREATED, &body))
+        }
+        (&Method::GET, Path::Sessions(user)) => {
+            let l = limiter.list(checked_user(user)?, bearer(&parts.headers), now)?;
+            Ok(json(StatusCode::OK, &ListBody { limit: l.limit, active: l.active, sessions: &l.sessions }))
+        }
+        (&Method::POST, Path::Heartbeat(user, id)) => {
+            let r = limiter.heartbeat(checked_user(user)?, session_id(id)?, bearer(&parts.headers), now)?;
+            let body = RenewedBody {
+                session_id: r.session_id,
+                token: &r.token,
+                poll_after: r.poll_after,
+                expires_at: wire::unix_secs(r.expires_ms),
+            };
+            Ok(json(StatusCode::OK, &body))
+        }
+        (&Method::DELETE, Path::Session(user, id)) => {
+            limiter.stop(checked_user(user)?, session_id(id)?, bearer(&parts.headers), now)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(Failure::MethodNotAllowed(allow)),
+    }
+}
+
+fn preflight() -> Reply {
+    let mut r = empty(StatusCode::NO_CONTENT);
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, DELETE"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Authorization, Content-Type"));
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    r
+}
+
+fn checked_user(user: &str) -> Result<&str, Failure> {
+    if wire::is_name(user, wire::MAX_USER_LEN) {
+        Ok(user)
+    } else {
+        Err(Failure::BadRequest("the user in the path must be 1-128 characters of [A-Za-z0-9._~-]"))
+    }
+}
+
+fn session_id(id: &str) -> Result<SessionId, Failure> {
+    id.parse().map_err(|()| Failure::BadRequest("session id must be 16 lowercase hex characters"))
+}
+
+fn replace_param(query: Option<&str>) -> Result<Option<SessionId>, Failure> {
+    let Some(query) = query else { return Ok(None) };
+    match query.split('&').find_map(|kv| kv.strip_prefix("replace=")) {
+        None => Ok(None),
+        Some(id) => session_id(id).map(Some),
+    }
+}
+
+/// The credential from `Authorization: Bearer …`; empty when absent, which
+/// the core refuses like any other bad credential.
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim())
+}
+
+/// Serves one operator request: `/healthz` and `/metrics`.
+pub async fn serve_admin(api: Arc<Api>, req: Request<Incoming>) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/metrics") => {
+            let text = api.limiter.metrics().render();
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r
+        }
+        (_, "/healthz" | "/metrics") => failure(&Failure::MethodNotAllowed("GET")),
+        _ => failure(&Failure::NotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(parse_path("/v1/users/bob/sessions"), Some(Path::Sessions("bob")));
+        assert_eq!(parse_path("/v1/users/bob/sessions/abc"), Some(Path::Session("bob", "abc")));
+        assert_eq!(parse_path("/v1/users/bob/sessions/abc/heartbeat"), Some(Path::Heartbeat("bob", "abc")));
+        for bad in [
+            "/",
+            "/v1/users/bob",
+            "/v1/users/bob/session",
+            "/v1/users/bob/sessions/a/b",
+            "/v1/users/bob/sessions/a/heartbeat/x",
+        ] {
+            assert_eq!(parse_path(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bearer_and_replace() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), "");
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  g1.x.y "));
+        assert_eq!(bearer(&h), "g1.x.y");
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), "");
+        assert_eq!(replace_param(Some("a=1&replace=00000000000000ff")).unwrap(), Some(SessionId(255)));
+        assert!(replace_param(Some("replace=zz")).is_err());
+        assert_eq!(replace_param(Some("other=1")).unwrap(), None);
+    }
+}

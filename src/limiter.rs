@@ -1,0 +1,318 @@
+//! The service's core: verifies grants and lease tokens, turns them into
+//! store operations, mints the answers and counts what happened. Takes
+//! `now` (Unix milliseconds) as an argument and knows nothing of HTTP; its
+//! [`Error`] speaks in domain words and is mapped to statuses by the HTTP
+//! adapter alone.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::grant::{self, Grant, InvalidGrant, PollBounds, Tenants};
+use crate::keys::KeyRing;
+use crate::metrics::{Metrics, Rejection};
+use crate::policy::{Admission, Beat, By, Info, Limits, Refused, Session, Stop};
+use crate::store::{Beaten, Store, Swept};
+use crate::token::{InvalidToken, Lease, LeaseClaims};
+use crate::wire::{self, SessionId, SessionView, StopReason};
+
+/// What the core needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub poll: PollBounds,
+    pub ttl_factor: u32,
+    pub max_sessions: u64,
+    pub server_keys: KeyRing,
+    pub tenants: Tenants,
+}
+
+impl Settings {
+    fn ttl_ms(&self, poll_secs: u32) -> u64 {
+        poll_secs as u64 * self.ttl_factor as u64 * 1000
+    }
+
+    /// The longest any token of this server can live, with leeway.
+    fn max_token_life_ms(&self) -> u64 {
+        self.ttl_ms(self.poll.max) + wire::TOKEN_LEEWAY_MS
+    }
+}
+
+/// Why a request failed, in domain words.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Error {
+    InvalidGrant(&'static str),
+    InvalidToken(&'static str),
+    Forbidden(&'static str),
+    LimitReached { group: bool, limit: u32, active: usize, sessions: Vec<SessionView> },
+    Stopped { reason: StopReason, by: Option<Box<SessionView>> },
+    OverCapacity,
+}
+
+impl From<InvalidGrant> for Error {
+    fn from(e: InvalidGrant) -> Error {
+        Error::InvalidGrant(e.0)
+    }
+}
+
+impl From<InvalidToken> for Error {
+    fn from(e: InvalidToken) -> Error {
+        Error::InvalidToken(e.0)
+    }
+}
+
+#[derive(Debug)]
+pub struct Started {
+    pub session_id: SessionId,
+    pub token: String,
+    pub poll_after: u32,
+    pub expires_ms: u64,
+    pub active: usize,
+    pub limit: u32,
+    pub evicted: Vec<SessionId>,
+}
+
+#[derive(Debug)]
+pub struct Renewed {
+    pub session_id: SessionId,
+    pub token: String,
+    pub poll_after: u32,
+    pub expires_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct Listing {
+    pub limit: u32,
+    pub active: usize,
+    pub sessions: Vec<SessionView>,
+}
+
+pub struct Limiter {
+    settings: Settings,
+    store: Store,
+    ids: SessionIds,
+    metrics: Arc<Metrics>,
+}
+
+impl Limiter {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Result<Limiter, getrandom::Error> {
+        let hash_key = crate::keys::generate()?;
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed)?;
+        Ok(Limiter {
+            settings,
+            store: Store::new(1024, hash_key),
+            ids: SessionIds { seed: u64::from_le_bytes(seed), next: AtomicU64::new(0) },
+            metrics,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn grant_for(&self, user: &str, token: &str, now: u64) -> Result<Grant, Error> {
+        let g = grant::verify(token, &self.settings.tenants, self.settings.poll, now)?;
+        if &*g.sub != user {
+            return Err(Error::Forbidden("the grant is for another user"));
+        }
+        Ok(g)
+    }
+
+    fn lease_for(&self, user: &str, id: SessionId, token: &str, now: u64) -> Result<Lease, Error> {
+        let lease = Lease::verify(token, &self.settings.server_keys, now)?;
+        let c = lease.claims();
+        if !self.settings.tenants.contains_key(c.tenant) {
+            return Err(Error::InvalidToken("unknown tenant"));
+        }
+        if c.user != user || c.session != id {
+            return Err(Error::Forbidden("the token is for another user or session"));
+        }
+        Ok(lease)
+    }
+
+    /// SPEC §4 start and §5 admission.
+    pub fn start(&self, user: &str, token: &str, replace: Option<SessionId>, now: u64) -> Result<Started, Error> {
+        let g = self.grant_for(user, token, now).inspect_err(|e| self.count_start_error(e))?;
+        if self.store.records() >= self.settings.max_sessions {
+            self.metrics.rejected(Rejection::OverCapacity);
+            return Err(Error::OverCapacity);
+        }
+        let id = self.ids.next();
+        let expires_ms = now + self.settings.ttl_ms(g.poll_secs);
+        let group = g.group.as_ref().map(|(name, limit)| (&**name, *limit));
+        let claims = LeaseClaims {
+            tenant: &g.tenant,
+            user: &g.sub,
+            session: id,
+            started_ms: now,
+            expires_ms,
+            limit: g.limit,
+            policy: g.policy,
+            group,
+            device: g.device.as_deref(),
+            label: g.label.as_deref(),
+            content: g.content.as_deref(),
+            poll_secs: g.poll_secs,
+        };
+        let token = claims.mint(self.settings.server_keys.signing()).ok_or_else(|| {
+            self.metrics.rejected(Rejection::InvalidGrant);
+            Error::InvalidGrant("tenant, sub, group and device are too long together for a lease token")
+        })?;
+        let admission = Admission {
+            session: Session {
+                id,
+                started_ms: now,
+                expires_ms,
+                info: Info::new(claims.device, claims.label, claims.content, group.map(|g| g.0)),
+            },
+            limits: Limits { limit: g.limit, policy: g.policy, group },
+            replace,
+            unknown_until_ms: now + self.settings.max_token_life_ms(),
+        };
+        let user_key = self.store.user_key(&g.tenant, &g.sub);
+        match self.store.admit(user_key, &admission, now) {
+            Ok(ok) => {
+                self.metrics.starts_admitted.fetch_add(1, Ordering::Relaxed);
+                self.metrics.sessions_stopped(StopReason::Evicted, ok.evicted.len());
+                self.metrics.sessions_stopped(StopReason::Replaced, usize::from(replace.is_some()));
+                self.metrics.expiries.fetch_add(ok.expired as u64, Ordering::Relaxed);
+                Ok(Started {
+                    session_id: id,
+                    token,
+                    poll_after: g.poll_secs,
+                    expires_ms,
+                    active: ok.active,
+                    limit: g.limit,
+                    evicted: ok.evicted,
+                })
+            }
+            Err(Refused { group, limit, active, sessions }) => {
+                self.metrics.rejected(if group { Rejection::GroupLimitReached } else { Rejection::LimitReached });
+                let sessions = sessions.iter().map(Session::view).collect();
+                Err(Error::LimitReached { group, limit, active, sessions })
+            }
+        }
+    }
+
+    fn count_start_error(&self, e: &Error) {
+        self.metrics.rejected(match e {
+            Error::Forbidden(_) => Rejection::Forbidden,
+            _ => Rejection::InvalidGrant,
+        });
+    }
+
+    /// SPEC §4 heartbeat and §6 healing and re-validation.
+    pub fn heartbeat(&self, user: &str, id: SessionId, token: &str, now: u64) -> Result<Renewed, Error> {
+        let lease = self.lease_for(user, id, token, now).inspect_err(|_| {
+            self.metrics.heartbeats_invalid.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let c = lease.claims();
+        let renew_to_ms = now + self.settings.ttl_ms(c.poll_secs);
+        let rebuild = || Session {
+            id,
+            started_ms: c.started_ms,
+            expires_ms: c.expires_ms,
+            info: Info::new(c.device, c.label, c.content, c.group.map(|g| g.0)),
+        };
+        let beat = Beat {
+            id,
+            rebuild: &rebuild,
+            limits: Limits { limit: c.limit, policy: c.policy, group: c.group },
+            token_expires_ms: c.expires_ms,
+            renew_to_ms,
+        };
+        let user_key = self.store.user_key(c.tenant, c.user);
+        let m = &self.metrics;
+        match self.store.heartbeat(user_key, &beat, now) {
+            Beaten::Renewed { healed, stopped, expired } => {
+                m.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+                m.heartbeats_healed.fetch_add(u64::from(healed), Ordering::Relaxed);
+                m.sessions_stopped(StopReason::LimitExceeded, stopped);
+                m.expiries.fetch_add(expired as u64, Ordering::Relaxed);
+                let token = lease.renew(renew_to_ms, self.settings.server_keys.signing());
+                Ok(Renewed { session_id: id, token, poll_after: c.poll_secs, expires_ms: renew_to_ms })
+            }
+            Beaten::Lost { healed, stopped, expired } => {
+                m.heartbeats_healed.fetch_add(u64::from(healed), Ordering::Relaxed);
+                m.sessions_stopped(StopReason::LimitExceeded, stopped + 1);
+                m.expiries.fetch_add(expired as u64, Ordering::Relaxed);
+                m.heartbeat_stopped(StopReason::LimitExceeded);
+                Err(Error::Stopped { reason: StopReason::LimitExceeded, by: None })
+            }
+            Beaten::Stopped(t) => {
+                m.heartbeat_stopped(t.reason);
+                Err(Error::Stopped { reason: t.reason, by: t.by.map(|b| Box::new(b.view())) })
+            }
+        }
+    }
+
+    /// SPEC §4 stop: with the session's own lease token (`ended`) or a grant
+    /// for the user (`kicked`). Idempotent.
+    pub fn stop(&self, user: &str, id: SessionId, token: &str, now: u64) -> Result<(), Error> {
+        let (user_key, stop) = if token.starts_with("g1.") {
+            let g = self.grant_for(user, token, now)?;
+            let info = Info::new(
+                g.device.as_deref(),
+                g.label.as_deref(),
+                g.content.as_deref(),
+                g.group.as_ref().map(|g| &*g.0),
+            );
+            let by = By { id: None, started_ms: now, expires_ms: None, info };
+            let stop = Stop {
+                id,
+                reason: StopReason::Kicked,
+                by: Some(Arc::new(by)),
+                keep_until_ms: 0,
+                unknown_until_ms: now + self.settings.max_token_life_ms(),
+            };
+            (self.store.user_key(&g.tenant, &g.sub), stop)
+        } else {
+            let lease = self.lease_for(user, id, token, now)?;
+            let c = lease.claims();
+            let until = c.expires_ms + wire::TOKEN_LEEWAY_MS;
+            let stop = Stop { id, reason: StopReason::Ended, by: None, keep_until_ms: until, unknown_until_ms: until };
+            (self.store.user_key(c.tenant, c.user), stop)
+        };
+        let expired = self.store.stop(user_key, &stop, now);
+        self.metrics.expiries.fetch_add(expired as u64, Ordering::Relaxed);
+        let counter = if stop.reason == StopReason::Kicked { &self.metrics.kicks } else { &self.metrics.stops };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// SPEC §4 list: live sessions, oldest first.
+    pub fn list(&self, user: &str, token: &str, now: u64) -> Result<Listing, Error> {
+        let g = self.grant_for(user, token, now)?;
+        let (active, sessions) = self.store.live(self.store.user_key(&g.tenant, &g.sub), g.policy, now);
+        Ok(Listing { limit: g.limit, active, sessions: sessions.iter().map(Session::view).collect() })
+    }
+
+    /// One pass of the background sweeper (SPEC §7).
+    pub fn sweep(&self, now: u64) -> Swept {
+        let swept = self.store.sweep(now);
+        let m = &self.metrics;
+        m.expiries.fetch_add(swept.expired as u64, Ordering::Relaxed);
+        m.live_sessions.store(swept.live as u64, Ordering::Relaxed);
+        m.users.store(swept.users as u64, Ordering::Relaxed);
+        m.records.store(swept.records as u64, Ordering::Relaxed);
+        swept
+    }
+}
+
+/// Session ids: a process-random seed plus a counter, through a bijective
+/// mixer, so ids never repeat within a process and are unpredictable across
+/// restarts and nodes.
+struct SessionIds {
+    seed: u64,
+    next: AtomicU64,
+}
+
+impl SessionIds {
+    fn next(&self) -> SessionId {
+        // splitmix64's finaliser.
+        let mut z =
+            self.seed.wrapping_add(self.next.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        SessionId(z ^ (z >> 31))
+    }
+}

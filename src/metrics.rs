@@ -1,0 +1,238 @@
+//! Counters for `/metrics`: plain atomics bumped on the request path (no
+//! locks, no label lookups), rendered in Prometheus text format by
+//! `prometheus-client` only when scraped.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::wire::StopReason;
+
+/// Why a start was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    LimitReached,
+    GroupLimitReached,
+    OverCapacity,
+    InvalidGrant,
+    Forbidden,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 5] = [
+        Rejection::LimitReached,
+        Rejection::GroupLimitReached,
+        Rejection::OverCapacity,
+        Rejection::InvalidGrant,
+        Rejection::Forbidden,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Rejection::LimitReached => "limit_reached",
+            Rejection::GroupLimitReached => "group_limit_reached",
+            Rejection::OverCapacity => "over_capacity",
+            Rejection::InvalidGrant => "invalid_grant",
+            Rejection::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// Routes as counted in `streamcap_http_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Start,
+    Heartbeat,
+    Stop,
+    List,
+    Preflight,
+    Other,
+}
+
+impl Route {
+    const ALL: [Route; 6] = [Route::Start, Route::Heartbeat, Route::Stop, Route::List, Route::Preflight, Route::Other];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Route::Start => "start",
+            Route::Heartbeat => "heartbeat",
+            Route::Stop => "stop",
+            Route::List => "list",
+            Route::Preflight => "preflight",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// Statuses the API answers with; anything else is counted as "other".
+const STATUSES: [u16; 16] = [200, 201, 204, 400, 401, 403, 404, 405, 409, 410, 411, 413, 431, 500, 503, 0];
+const STATUS_TEXT: [&str; STATUSES.len()] =
+    ["200", "201", "204", "400", "401", "403", "404", "405", "409", "410", "411", "413", "431", "500", "503", "other"];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub starts_admitted: AtomicU64,
+    starts_rejected: [AtomicU64; 5],
+    pub heartbeats_ok: AtomicU64,
+    pub heartbeats_healed: AtomicU64,
+    pub heartbeats_invalid: AtomicU64,
+    heartbeats_stopped: [AtomicU64; 5],
+    /// Sessions stopped by a rule: eviction, replacement, limit_exceeded.
+    stopped_by_rule: [AtomicU64; 5],
+    pub stops: AtomicU64,
+    pub kicks: AtomicU64,
+    pub expiries: AtomicU64,
+    requests: [[AtomicU64; STATUSES.len()]; 6],
+    pub connections_open: AtomicU64,
+    pub connections_refused: AtomicU64,
+    // Gauges refreshed by the sweeper.
+    pub live_sessions: AtomicU64,
+    pub users: AtomicU64,
+    pub records: AtomicU64,
+}
+
+impl Metrics {
+    pub fn rejected(&self, why: Rejection) {
+        self.starts_rejected[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn heartbeat_stopped(&self, reason: StopReason) {
+        self.heartbeats_stopped[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn sessions_stopped(&self, reason: StopReason, n: usize) {
+        if n > 0 {
+            self.stopped_by_rule[reason as usize].fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    pub fn request(&self, route: Route, status: u16) {
+        let i = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len() - 1);
+        self.requests[route as usize][i].fetch_add(1, Relaxed);
+    }
+
+    /// Renders every metric in Prometheus text format.
+    pub fn render(self: &std::sync::Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn counter_family<'a>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl Iterator<Item = (Vec<(&'static str, &'a str)>, u64)>,
+) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (labels, v) in rows {
+        ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let get = |a: &AtomicU64| a.load(Relaxed);
+        gauge(&mut e, "streamcap_live_sessions", "Live sessions at the last sweep.", get(&self.live_sessions) as i64)?;
+        gauge(&mut e, "streamcap_users", "Users with any record at the last sweep.", get(&self.users) as i64)?;
+        gauge(
+            &mut e,
+            "streamcap_records",
+            "Session records held (live, unswept and tombstones).",
+            get(&self.records) as i64,
+        )?;
+        counter(&mut e, "streamcap_starts_admitted", "Starts admitted.", get(&self.starts_admitted))?;
+        counter_family(
+            &mut e,
+            "streamcap_starts_rejected",
+            "Starts refused, by reason.",
+            Rejection::ALL.iter().map(|r| (vec![("reason", r.as_str())], get(&self.starts_rejected[*r as usize]))),
+        )?;
+        counter(&mut e, "streamcap_heartbeats_ok", "Heartbeats renewed.", get(&self.heartbeats_ok))?;
+        counter(
+            &mut e,
+            "streamcap_heartbeats_healed",
+            "Heartbeats that rebuilt an unknown session from its token.",
+            get(&self.heartbeats_healed),
+        )?;
+        counter(
+            &mut e,
+            "streamcap_heartbeats_invalid",
+            "Heartbeats refused with 401 or 403.",
+            get(&self.heartbeats_invalid),
+        )?;
+        counter_family(
+            &mut e,
+            "streamcap_heartbeats_stopped",
+            "Heartbeats answered 410, by reason.",
+            StopReason::ALL.iter().map(|r| (vec![("reason", r.as_str())], get(&self.heartbeats_stopped[*r as usize]))),
+        )?;
+        counter_family(
+            &mut e,
+            "streamcap_sessions_stopped",
+            "Sessions stopped by a rule or a request, by reason (evictions are reason=evicted).",
+            StopReason::ALL.iter().map(|r| {
+                let v = match r {
+                    StopReason::Ended => get(&self.stops),
+                    StopReason::Kicked => get(&self.kicks),
+                    _ => get(&self.stopped_by_rule[*r as usize]),
+                };
+                (vec![("reason", r.as_str())], v)
+            }),
+        )?;
+        counter(&mut e, "streamcap_expiries", "Sessions that expired without a heartbeat.", get(&self.expiries))?;
+        counter_family(
+            &mut e,
+            "streamcap_http_requests",
+            "HTTP requests on the public listener, by route and status.",
+            Route::ALL.iter().flat_map(|route| {
+                STATUS_TEXT.iter().enumerate().filter_map(move |(i, status)| {
+                    let v = get(&self.requests[*route as usize][i]);
+                    (v > 0).then(|| (vec![("route", route.as_str()), ("status", *status)], v))
+                })
+            }),
+        )?;
+        gauge(
+            &mut e,
+            "streamcap_connections_open",
+            "Open connections on the public listener.",
+            get(&self.connections_open) as i64,
+        )?;
+        counter(
+            &mut e,
+            "streamcap_connections_refused",
+            "Connections refused at max_connections.",
+            get(&self.connections_refused),
+        )?;
+        gauge(&mut e, "process_resident_memory_bytes", "Resident set size of this process.", resident_bytes() as i64)?;
+        Ok(())
+    }
+}
+
+/// Resident set size from `/proc/self/statm` (0 where there is none).
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
