@@ -282,7 +282,8 @@ pub(crate) mod tests {
 
     #[test]
     fn field_rules() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut GrantClaims<'static>)>)> = vec![
+        type Edit = Box<dyn Fn(&mut GrantClaims<'static>)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("limit 0", Box::new(|c| c.limit = 0)),
             ("limit 1001", Box::new(|c| c.limit = 1001)),
             ("bad sub", Box::new(|c| c.sub = "a b".into())),

@@ -297,12 +297,11 @@ pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, 
             return Ok(Admitted { active: all_units.len() + 1, expired: w.expired, slots: w.into_slots(), evicted });
         }
         if lim.policy != Policy::EvictOldest {
-            let (units, limit, pick): (_, _, Box<dyn Fn(&Session) -> bool>) = if limit_binds {
-                (all_units, lim.limit, Box::new(|_| true))
-            } else {
-                (group_units, lim.group.map_or(0, |g| g.1), Box::new(in_group(group)))
-            };
-            let mut sessions: Vec<Session> = w.live().filter(|s| pick(s)).cloned().collect();
+            let group_only = !limit_binds;
+            let (units, limit) =
+                if group_only { (group_units, lim.group.map_or(0, |g| g.1)) } else { (all_units, lim.limit) };
+            let in_scope = in_group(group);
+            let mut sessions: Vec<Session> = w.live().filter(|s| !group_only || in_scope(s)).cloned().collect();
             sessions.sort_by_key(|s| s.age());
             return Err(Refused { group: !limit_binds, limit, active: units.len(), sessions });
         }
