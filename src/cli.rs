@@ -163,11 +163,12 @@ pub fn serve(overrides: &Overrides) -> Result<(), String> {
         let public = bind(config.listen).await?;
         let admin = bind(config.admin_listen).await?;
         let addr = public.local_addr().map_err(|e| e.to_string())?;
+        let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
         eprintln!("streamcap: config {}", config.summary());
         if config.dev_mode {
             eprintln!("{}", dev_banner(addr));
         }
-        eprintln!("streamcap: listening on {addr}, operator endpoints on {}", config.admin_listen);
+        eprintln!("streamcap: listening on {addr}, operator endpoints on {admin_addr}");
         crate::server::run(config, public, admin, shutdown_signal()).await.map_err(|e| e.to_string())?;
         eprintln!("streamcap: stopped");
         Ok(())
