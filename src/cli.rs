@@ -188,11 +188,9 @@ fn dev_banner(addr: SocketAddr) -> String {
     let key = Key::parse("dev", config::DEV_TENANT_KEY).map(|k| k.secret).unwrap_or_default();
     let grant = claims.mint(&key);
     format!(
-        "\n********************************************************************\n\
-         *  DEV MODE: no configuration given. Tenant \"{}\" and the server  *\n\
-         *  key use FIXED, PUBLIC secrets. Anyone can mint grants. Never   *\n\
-         *  expose this server; give --config for real use.                *\n\
-         ********************************************************************\n\
+        "\n!!! DEV MODE: no configuration was given. Tenant \"{}\" and the server key use\n\
+         !!! FIXED, PUBLICLY KNOWN secrets: anyone can mint grants. Never expose this\n\
+         !!! server; pass --config (or STREAMCAP_SERVER_KEYS) for real use.\n\n\
          Try it (a grant for user alice, limit 2, valid 24 h):\n\n  \
          curl -s -X POST http://127.0.0.1:{port}/v1/users/alice/sessions \\\n    \
          -H 'Authorization: Bearer {grant}'\n\n\

@@ -173,7 +173,7 @@ impl Limiter {
             Ok(ok) => {
                 self.metrics.starts_admitted.fetch_add(1, Ordering::Relaxed);
                 self.metrics.sessions_stopped(StopReason::Evicted, ok.evicted.len());
-                self.metrics.sessions_stopped(StopReason::Replaced, usize::from(replace.is_some()));
+                self.metrics.sessions_stopped(StopReason::Replaced, ok.replaced);
                 self.metrics.expiries.fetch_add(ok.expired as u64, Ordering::Relaxed);
                 Ok(Started {
                     session_id: id,

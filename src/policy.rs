@@ -249,6 +249,8 @@ pub struct Admitted {
     /// Units counted against the limit after this start, the new one included.
     pub active: usize,
     pub evicted: Vec<SessionId>,
+    /// Sessions stopped as `replaced` (by `?replace=` or the same device).
+    pub replaced: usize,
     pub expired: usize,
 }
 
@@ -268,9 +270,13 @@ pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, 
     let mut w = Working::new(current, now);
     let new = &a.session;
     let by = Some(By::session(new));
+    let mut replaced = 0;
     if let Some(id) = a.replace {
         match w.find(id) {
-            Some(i) => w.stop_at(i, StopReason::Replaced, by.clone(), now),
+            Some(i) => {
+                replaced += usize::from(matches!(w.slots[i], Slot::Live(_)));
+                w.stop_at(i, StopReason::Replaced, by.clone(), now);
+            }
             None => w.slots.push(Slot::Stopped(Tombstone {
                 id,
                 reason: StopReason::Replaced,
@@ -281,7 +287,7 @@ pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, 
     }
     if a.limits.by_device() {
         let device = new.device();
-        w.stop_where(|s| s.device() == device, StopReason::Replaced, &by, now);
+        replaced += w.stop_where(|s| s.device() == device, StopReason::Replaced, &by, now).len();
     }
 
     let lim = a.limits;
@@ -294,7 +300,8 @@ pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, 
         let limit_binds = all_units.len() + 1 > lim.limit as usize;
         if !group_binds && !limit_binds {
             w.slots.push(Slot::Live(new.clone()));
-            return Ok(Admitted { active: all_units.len() + 1, expired: w.expired, slots: w.into_slots(), evicted });
+            let active = all_units.len() + 1;
+            return Ok(Admitted { active, expired: w.expired, replaced, slots: w.into_slots(), evicted });
         }
         if lim.policy != Policy::EvictOldest {
             let group_only = !limit_binds;

@@ -31,6 +31,7 @@ pub struct Store {
 pub struct Admitted {
     pub active: usize,
     pub evicted: Vec<SessionId>,
+    pub replaced: usize,
     pub expired: usize,
 }
 
@@ -113,7 +114,10 @@ impl Store {
 
     pub fn admit(&self, user: UserKey, a: &Admission<'_>, now: u64) -> Result<Admitted, Refused> {
         self.update(user, |current| match policy::admit(current, a, now) {
-            Ok(ok) => (Some(ok.slots), Ok(Admitted { active: ok.active, evicted: ok.evicted, expired: ok.expired })),
+            Ok(ok) => (
+                Some(ok.slots),
+                Ok(Admitted { active: ok.active, evicted: ok.evicted, replaced: ok.replaced, expired: ok.expired }),
+            ),
             Err(refused) => (None, Err(refused)),
         })
     }
