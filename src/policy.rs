@@ -140,19 +140,18 @@ struct Working {
 }
 
 impl Working {
-    fn new(current: &[Slot], now: u64) -> Working {
-        let before = current.len();
+    /// A copy of `current` without what is due at `now`, with room for
+    /// `extra` more records (so that the final boxing does not reallocate).
+    fn new(current: &[Slot], now: u64, extra: usize) -> Working {
+        let mut slots = Vec::with_capacity(current.len() + extra);
         let mut expired = 0;
-        let slots = current
-            .iter()
-            .filter(|s| {
-                let gone = s.is_expired(now);
-                expired += usize::from(gone && matches!(s, Slot::Live(_)));
-                !gone
-            })
-            .cloned()
-            .collect::<Vec<_>>();
-        debug_assert!(slots.len() <= before);
+        for s in current {
+            if s.is_expired(now) {
+                expired += usize::from(matches!(s, Slot::Live(_)));
+            } else {
+                slots.push(s.clone());
+            }
+        }
         Working { slots, expired }
     }
 
@@ -189,6 +188,12 @@ impl Working {
             }
         }
         ids
+    }
+
+    /// How many units `units` would return, without allocating in the
+    /// common case (limits counted in sessions).
+    fn count_units(&self, pick: impl Fn(&Session) -> bool, by_device: bool) -> usize {
+        if by_device { self.units(pick, true).len() } else { self.live().filter(|s| pick(s)).count() }
     }
 
     /// Live sessions that `pick` selects, grouped into the units a limit
@@ -267,7 +272,7 @@ pub struct Refused {
 
 /// SPEC §5: one start, all or nothing.
 pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, Refused> {
-    let mut w = Working::new(current, now);
+    let mut w = Working::new(current, now, 1 + usize::from(a.replace.is_some()));
     let new = &a.session;
     let by = Some(By::session(new));
     let mut replaced = 0;
@@ -294,29 +299,29 @@ pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, 
     let group = lim.group.map(|g| g.0);
     let mut evicted = Vec::new();
     loop {
-        let group_units = w.units(in_group(group), lim.by_device());
-        let all_units = w.units(|_| true, lim.by_device());
-        let group_binds = lim.group.is_some_and(|(_, gl)| group_units.len() + 1 > gl as usize);
-        let limit_binds = all_units.len() + 1 > lim.limit as usize;
+        let group_n = lim.group.map_or(0, |_| w.count_units(in_group(group), lim.by_device()));
+        let all_n = w.count_units(|_| true, lim.by_device());
+        let group_binds = lim.group.is_some_and(|(_, gl)| group_n + 1 > gl as usize);
+        let limit_binds = all_n + 1 > lim.limit as usize;
         if !group_binds && !limit_binds {
             w.slots.push(Slot::Live(new.clone()));
-            let active = all_units.len() + 1;
-            return Ok(Admitted { active, expired: w.expired, replaced, slots: w.into_slots(), evicted });
+            return Ok(Admitted { active: all_n + 1, expired: w.expired, replaced, slots: w.into_slots(), evicted });
         }
+        let group_only = !limit_binds;
+        let scope = in_group(group);
+        let in_scope = |s: &Session| !group_only || scope(s);
         if lim.policy != Policy::EvictOldest {
-            let group_only = !limit_binds;
-            let (units, limit) =
-                if group_only { (group_units, lim.group.map_or(0, |g| g.1)) } else { (all_units, lim.limit) };
-            let in_scope = in_group(group);
-            let mut sessions: Vec<Session> = w.live().filter(|s| !group_only || in_scope(s)).cloned().collect();
+            let (limit, active) = if group_only { (lim.group.map_or(0, |g| g.1), group_n) } else { (lim.limit, all_n) };
+            let mut sessions: Vec<Session> = w.live().filter(|s| in_scope(s)).cloned().collect();
             sessions.sort_by_key(|s| s.age());
-            return Err(Refused { group: !limit_binds, limit, active: units.len(), sessions });
+            return Err(Refused { group: group_only, limit, active, sessions });
         }
-        // Evict the oldest unit: of the group when the group limit binds.
-        let oldest = if group_binds { &group_units[0] } else { &all_units[0] };
-        let oldest = oldest.clone();
-        w.stop_where(|s| oldest.contains(&s.id), StopReason::Evicted, &by, now);
-        evicted.extend(oldest);
+        // Evict the oldest: of the group when the group limit binds.
+        let scope_for_evict = |s: &Session| !group_binds || scope(s);
+        let oldest = w.live().filter(|s| scope_for_evict(s)).min_by_key(|s| s.age()).map(|s| s.id);
+        let Some(oldest) = oldest else { unreachable!("a binding limit implies a live session") };
+        w.stop_where(|s| s.id == oldest, StopReason::Evicted, &by, now);
+        evicted.push(oldest);
     }
 }
 
@@ -348,7 +353,7 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
     if let Some(Slot::Stopped(t)) = current.iter().find(|s| s.id() == b.id) {
         return BeatOutcome::Stopped(t.clone());
     }
-    let mut w = Working::new(current, now);
+    let mut w = Working::new(current, now, 0);
     let healed = match w.find(b.id) {
         Some(_) => false,
         None => {
@@ -371,11 +376,15 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
         }
     };
     if let Some((group, group_limit)) = lim.group {
-        let units = w.units(in_group(Some(group)), lim.by_device());
-        enforce(&mut w, units, group_limit as usize);
+        if w.count_units(in_group(Some(group)), lim.by_device()) > group_limit as usize {
+            let units = w.units(in_group(Some(group)), lim.by_device());
+            enforce(&mut w, units, group_limit as usize);
+        }
     }
-    let units = w.units(|_| true, lim.by_device());
-    enforce(&mut w, units, lim.limit as usize);
+    if w.count_units(|_| true, lim.by_device()) > lim.limit as usize {
+        let units = w.units(|_| true, lim.by_device());
+        enforce(&mut w, units, lim.limit as usize);
+    }
 
     let me = w.find(b.id);
     let expired = w.expired;
@@ -425,7 +434,7 @@ pub fn stop(current: &[Slot], s: &Stop, now: u64) -> StopOutcome {
     if let Some(Slot::Stopped(_)) = current.iter().find(|slot| slot.id() == s.id) {
         return StopOutcome::AlreadyStopped;
     }
-    let mut w = Working::new(current, now);
+    let mut w = Working::new(current, now, 1);
     match w.find(s.id) {
         Some(i) => {
             w.stop_at(i, s.reason, s.by.clone(), now);
@@ -450,7 +459,7 @@ pub fn stop(current: &[Slot], s: &Stop, now: u64) -> StopOutcome {
 
 /// Live sessions oldest first, and the units they count as under `policy`.
 pub fn live(current: &[Slot], policy: Policy, now: u64) -> (usize, Vec<Session>) {
-    let w = Working::new(current, now);
+    let w = Working::new(current, now, 0);
     let active = w.units(|_| true, policy == Policy::RejectNewDevice).len();
     let mut sessions: Vec<Session> = w.live().cloned().collect();
     sessions.sort_by_key(|s| s.age());
@@ -462,7 +471,7 @@ pub fn prune(current: &[Slot], now: u64) -> Option<(Box<[Slot]>, usize)> {
     if !current.iter().any(|s| s.is_expired(now)) {
         return None;
     }
-    let w = Working::new(current, now);
+    let w = Working::new(current, now, 0);
     let expired = w.expired;
     Some((w.into_slots(), expired))
 }
