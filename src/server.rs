@@ -239,11 +239,21 @@ impl TimedIo {
     }
 }
 
-/// Arms `timer` for `deadline` and reports whether it has passed.
+/// Reports whether `deadline` has passed, keeping `timer` armed for it.
+/// Deadlines mostly move later (each request pushes the idle deadline out),
+/// so the timer is re-armed only when one moves earlier or when it fires
+/// early: a request costs no timer-wheel work.
 fn expired(timer: &mut Pin<Box<Sleep>>, deadline: Instant, cx: &mut Context<'_>) -> bool {
-    if timer.deadline() != deadline {
+    if deadline < timer.deadline() {
         timer.as_mut().reset(deadline);
     }
+    if timer.as_mut().poll(cx).is_pending() {
+        return false;
+    }
+    if Instant::now() >= deadline {
+        return true;
+    }
+    timer.as_mut().reset(deadline);
     timer.as_mut().poll(cx).is_ready()
 }
 
