@@ -314,8 +314,10 @@ pub async fn serve_admin(api: Arc<Api>, req: Request<Incoming>) -> Reply {
         (&Method::GET, "/metrics") => {
             let text = api.limiter.metrics().render();
             let mut r = Response::new(Full::new(Bytes::from(text)));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
             r
         }
         (_, "/healthz" | "/metrics") => failure(&Failure::MethodNotAllowed("GET")),
