@@ -57,6 +57,11 @@ impl Cors {
     }
 }
 
+/// Marks a request whose head repeated `Content-Length` (found below
+/// hyper, which merges equal repeats): SPEC §4 refuses it with `400`.
+#[derive(Clone, Copy, Debug)]
+pub struct RepeatedContentLength;
+
 /// Why a request failed: the core's reasons plus the adapter's own.
 #[derive(Debug)]
 pub enum Failure {
@@ -180,7 +185,9 @@ pub async fn serve_api(api: Arc<Api>, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     let path = parse_path(parts.uri.path());
     let route = route_of(&path, &parts.method);
-    let mut reply = match read_body(&api, &parts.headers, body).await {
+    let repeated = parts.extensions.get::<RepeatedContentLength>().is_some();
+    let read = if repeated { Err(Failure::BadRequest("duplicated Content-Length")) } else { Ok(()) };
+    let mut reply = match read.and(read_body(&api, &parts.headers, body).await) {
         Err(f) => failure(&f),
         Ok(()) => match answer(&api, &parts, path) {
             Ok(reply) => reply,

@@ -14,13 +14,15 @@
 //! - [`limiter`]: the core service: credentials in, store operations, answers out.
 //! - [`metrics`]: counters and their Prometheus rendering.
 //! - [`http`]: the HTTP adapter: routes, bodies, CORS, the one error-to-status map.
-//! - [`server`]: listeners, connection limits, timeouts, shutdown, the sweeper.
+//! - [`server`]: listeners, the connection cap, shutdown, the sweeper.
+//! - [`conn`]: per-connection idle and head timeouts, repeated `Content-Length`.
 //! - [`config`]: file, environment and flags, validated; dev mode.
 //! - [`cli`]: `serve`, `mint` and `keygen`.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod grant;
 pub mod http;
 pub mod keys;

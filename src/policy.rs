@@ -375,11 +375,11 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
             stopped.extend(ids);
         }
     };
-    if let Some((group, group_limit)) = lim.group {
-        if w.count_units(in_group(Some(group)), lim.by_device()) > group_limit as usize {
-            let units = w.units(in_group(Some(group)), lim.by_device());
-            enforce(&mut w, units, group_limit as usize);
-        }
+    if let Some((group, group_limit)) = lim.group
+        && w.count_units(in_group(Some(group)), lim.by_device()) > group_limit as usize
+    {
+        let units = w.units(in_group(Some(group)), lim.by_device());
+        enforce(&mut w, units, group_limit as usize);
     }
     if w.count_units(|_| true, lim.by_device()) > lim.limit as usize {
         let units = w.units(|_| true, lim.by_device());

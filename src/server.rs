@@ -1,28 +1,26 @@
-//! Sockets and connections: the public and operator listeners, the
-//! connection cap, the idle and request-head timeouts, graceful shutdown and
-//! the one background sweeper. hyper parses HTTP/1.1 with its own limits on
-//! header count and head size; the timeouts hyper lacks (its header timer
-//! also runs while a keep-alive connection is idle) live in [`TimedIo`].
+//! Sockets: the public and operator listeners, the connection cap, graceful
+//! shutdown and the one background sweeper. hyper parses HTTP/1.1 with its
+//! own limits on header count and head size; what it lacks per connection
+//! (separate idle and head timeouts, repeated `Content-Length` detection)
+//! lives in [`crate::conn`].
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
 
 use crate::config::Config;
-use crate::http::{Api, Cors, now_ms, serve_admin, serve_api};
+use crate::conn::{Phase, TimedIo};
+use crate::http::{Api, Cors, RepeatedContentLength, now_ms, serve_admin, serve_api};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::wire;
@@ -63,8 +61,7 @@ fn http1_builder(header_timeout: Option<Duration>) -> http1::Builder {
         .max_header_size(wire::MAX_HEAD_BYTES)
         .max_buf_size(wire::MAX_HEAD_BYTES + wire::MAX_BODY_BYTES)
         .header_read_timeout(header_timeout)
-        .keep_alive(true)
-        .pipeline_flush(true);
+        .keep_alive(true);
     b
 }
 
@@ -94,16 +91,17 @@ async fn accept_public(listener: TcpListener, api: Arc<Api>, config: Config, mut
         }
         let _ = stream.set_nodelay(true);
         let guard = ConnGuard::new(open.clone(), metrics);
-        let phase = Arc::new(Phase::default());
+        let phase = Arc::new(Phase::new());
         let io = TimedIo::new(stream, phase.clone(), config.idle_timeout, config.header_timeout);
         let api = api.clone();
-        let service = service_fn(move |req| {
-            phase.busy.store(true, Ordering::Relaxed);
+        let service = service_fn(move |mut req| {
+            if phase.begin() {
+                req.extensions_mut().insert(RepeatedContentLength);
+            }
             let (api, phase) = (api.clone(), phase.clone());
             async move {
                 let reply = serve_api(api, req).await;
-                phase.done.fetch_add(1, Ordering::Relaxed);
-                phase.busy.store(false, Ordering::Relaxed);
+                phase.end();
                 Ok::<_, std::convert::Infallible>(reply)
             }
         });
@@ -188,152 +186,5 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
         self.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Where a connection is in its request cycle, shared by the service
-/// (which knows when a request starts and ends) and [`TimedIo`].
-#[derive(Default)]
-struct Phase {
-    /// A request is being served: no read deadline applies.
-    busy: AtomicBool,
-    /// Requests answered so far; a change restarts the idle clock.
-    done: AtomicU64,
-}
-
-/// A TCP stream that fails reads once the connection has been idle for
-/// `idle` or has spent `head` receiving one request head, and fails writes
-/// stalled for `idle` (a peer that never reads). hyper then closes it.
-struct TimedIo {
-    io: TcpStream,
-    phase: Arc<Phase>,
-    idle: Duration,
-    head: Duration,
-    seen_done: u64,
-    idle_deadline: Instant,
-    head_deadline: Option<Instant>,
-    read_timer: Pin<Box<Sleep>>,
-    write_deadline: Option<Instant>,
-    write_timer: Pin<Box<Sleep>>,
-}
-
-impl TimedIo {
-    fn new(io: TcpStream, phase: Arc<Phase>, idle: Duration, head: Duration) -> TimedIo {
-        let now = Instant::now();
-        TimedIo {
-            io,
-            phase,
-            idle,
-            head,
-            seen_done: 0,
-            idle_deadline: now + idle,
-            head_deadline: None,
-            read_timer: Box::pin(tokio::time::sleep_until(now + idle)),
-            write_deadline: None,
-            write_timer: Box::pin(tokio::time::sleep_until(now + idle)),
-        }
-    }
-
-    fn timed_out(what: &str) -> io::Error {
-        io::Error::new(io::ErrorKind::TimedOut, format!("{what} timeout"))
-    }
-}
-
-/// Reports whether `deadline` has passed, keeping `timer` armed for it.
-/// Deadlines mostly move later (each request pushes the idle deadline out),
-/// so the timer is re-armed only when one moves earlier or when it fires
-/// early: a request costs no timer-wheel work.
-fn expired(timer: &mut Pin<Box<Sleep>>, deadline: Instant, cx: &mut Context<'_>) -> bool {
-    if deadline < timer.deadline() {
-        timer.as_mut().reset(deadline);
-    }
-    if timer.as_mut().poll(cx).is_pending() {
-        return false;
-    }
-    if Instant::now() >= deadline {
-        return true;
-    }
-    timer.as_mut().reset(deadline);
-    timer.as_mut().poll(cx).is_ready()
-}
-
-impl AsyncRead for TimedIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        let busy = this.phase.busy.load(Ordering::Relaxed);
-        let done = this.phase.done.load(Ordering::Relaxed);
-        if done != this.seen_done {
-            this.seen_done = done;
-            this.head_deadline = None;
-            this.idle_deadline = Instant::now() + this.idle;
-        }
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if buf.filled().len() > before && !busy && this.head_deadline.is_none() {
-                    this.head_deadline = Some(Instant::now() + this.head);
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending if busy => Poll::Pending,
-            Poll::Pending => {
-                let (deadline, what) = match this.head_deadline {
-                    Some(d) => (d, "request head"),
-                    None => (this.idle_deadline, "idle"),
-                };
-                if expired(&mut this.read_timer, deadline, cx) {
-                    return Poll::Ready(Err(Self::timed_out(what)));
-                }
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl TimedIo {
-    fn stall<T>(&mut self, polled: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match polled {
-            Poll::Ready(r) => {
-                self.write_deadline = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let deadline = *self.write_deadline.get_or_insert_with(|| Instant::now() + self.idle);
-                if expired(&mut self.write_timer, deadline, cx) {
-                    return Poll::Ready(Err(Self::timed_out("write")));
-                }
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl AsyncWrite for TimedIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.stall(polled, cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.stall(polled, cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.io).poll_flush(cx);
-        self.stall(polled, cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(Pin::new(&mut self.io).poll_shutdown(cx))?;
-        Poll::Ready(Ok(()))
     }
 }

@@ -1,0 +1,53 @@
+//! SPEC §8 tools: `streamcap keygen` prints a key, `streamcap mint` prints
+//! grants the server accepts.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn run(args: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamcap"));
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("STREAMCAP_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("run streamcap");
+    assert!(out.status.success(), "streamcap {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+#[test]
+fn keygen_prints_a_fresh_64_hex_key() {
+    let a = run(&["keygen"]);
+    let b = run(&["keygen"]);
+    for key in [&a, &b] {
+        let key = key.trim();
+        assert_eq!(key.len(), 64, "{key:?}");
+        assert!(key.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')), "{key:?}");
+    }
+    assert_ne!(a, b);
+}
+
+#[test]
+fn minted_grants_are_accepted() {
+    let server = TestServer::dev();
+    let user = unique("minted");
+    let g = run(&["mint", "--user", &user, "--limit", "1"]);
+    let g = g.trim();
+    assert!(g.starts_with("g1."), "{g}");
+    server.api.start_ok(&user, g);
+    server.api.start(&user, g).expect_error(409, "limit_reached");
+
+    // For a configured tenant, with its key from the config file.
+    let dir = TempDir::new("mint");
+    let path = dir.path("streamcap.toml");
+    write_config(&path, &[("s1", KEY_S1)], &[("k1", KEY_K1)], "");
+    let server = TestServer::start(file_config(&path));
+    let path_text = path.display().to_string();
+    let g = run(&["mint", "--config", &path_text, "--tenant", "acme", "--user", &user, "--limit", "2"]);
+    server.api.start_ok(&user, g.trim());
+}
