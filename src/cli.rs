@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, Config, Overrides};
 use crate::grant::GrantClaims;
 use crate::keys::{self, Key};
+use crate::server::Server;
 
 #[derive(Debug, Parser)]
 #[command(name = "streamcap", version, about = "Caps how many streams one account plays at once.")]
@@ -20,17 +22,57 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub serve: Overrides,
+    pub serve: ServeArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default). With no configuration: dev mode.
-    Serve(Overrides),
+    Serve(ServeArgs),
     /// Mint grants for operators, demos and load tests.
     Mint(MintArgs),
     /// Print a new random key (64 hex characters).
     Keygen,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub settings: Overrides,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Least severe events logged: error, warn, info, debug or trace.
+    #[arg(long, env = "STREAMCAP_LOG_LEVEL", default_value = "info")]
+    pub log_level: tracing::Level,
+    /// One line per event, as text or as JSON objects.
+    #[arg(long, env = "STREAMCAP_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogArgs {
+    /// Installs the process-wide logger: one line per event on stderr.
+    pub fn init(&self) {
+        use std::io::IsTerminal;
+        let builder = tracing_subscriber::fmt()
+            .with_max_level(self.log_level)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false);
+        let _ = match self.log_format {
+            LogFormat::Json => builder.json().flatten_event(true).try_init(),
+            LogFormat::Text => builder.try_init(),
+        };
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -151,10 +193,12 @@ pub fn keygen(out: &mut impl Write) -> Result<(), String> {
     writeln!(out, "{}", keys::to_hex(&secret)).map_err(|e| e.to_string())
 }
 
-/// `streamcap serve`: builds the runtime, binds, runs until SIGTERM or SIGINT.
-pub fn serve(overrides: &Overrides) -> Result<(), String> {
+/// `streamcap serve`: builds the runtime, binds, runs until SIGTERM or
+/// SIGINT, reloads the configuration on SIGHUP.
+pub fn serve(args: &ServeArgs) -> Result<(), String> {
+    args.log.init();
     let env_keys = std::env::var(config::SERVER_KEYS_ENV).ok();
-    let config = Config::load(overrides, env_keys.as_deref())?;
+    let config = Config::load(&args.settings, env_keys.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let bind = |addr: SocketAddr| async move {
@@ -164,15 +208,40 @@ pub fn serve(overrides: &Overrides) -> Result<(), String> {
         let admin = bind(config.admin_listen).await?;
         let addr = public.local_addr().map_err(|e| e.to_string())?;
         let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
-        eprintln!("streamcap: config {}", config.summary());
+        tracing::info!(config = %config.summary(), "effective configuration");
         if config.dev_mode {
+            tracing::warn!("DEV MODE: tenant \"demo\" and the server key use fixed, publicly known secrets");
             eprintln!("{}", dev_banner(addr));
         }
-        eprintln!("streamcap: listening on {addr}, operator endpoints on {admin_addr}");
-        crate::server::run(config, public, admin, shutdown_signal()).await.map_err(|e| e.to_string())?;
-        eprintln!("streamcap: stopped");
+        let server = Arc::new(Server::new(&config).map_err(|e| e.to_string())?);
+        tokio::spawn(reload_on_hangup(server.clone(), args.settings.clone(), env_keys, config));
+        tracing::info!("listening on {addr}, operator endpoints on {admin_addr}");
+        server.serve(public, admin, shutdown_signal()).await;
+        tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// SIGHUP: load the configuration again and put it in force; a
+/// configuration that does not load is refused and the old one stays.
+async fn reload_on_hangup(server: Arc<Server>, overrides: Overrides, env_keys: Option<String>, mut current: Config) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+    while hangups.recv().await.is_some() {
+        match Config::load(&overrides, env_keys.as_deref()) {
+            Ok(next) => {
+                if (next.listen, next.admin_listen, next.sweep_interval)
+                    != (current.listen, current.admin_listen, current.sweep_interval)
+                {
+                    tracing::warn!("listen, admin_listen and sweep_millis changes take effect at the next restart");
+                }
+                server.reload(&next);
+                tracing::info!(config = %next.summary(), "configuration reloaded");
+                current = next;
+            }
+            Err(e) => tracing::error!(error = %e, "configuration reload refused; the previous one stays in force"),
+        }
+    }
 }
 
 fn dev_banner(addr: SocketAddr) -> String {
@@ -212,5 +281,5 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-    eprintln!("streamcap: shutting down: no new connections, finishing requests in flight");
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -13,18 +14,39 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::limiter::{Error, Limiter};
 use crate::metrics::Route;
 use crate::wire::{self, ErrorBody, ErrorExtra, ListBody, RenewedBody, SessionId, StartedBody};
 
 pub type Reply = Response<Full<Bytes>>;
 
-/// Per-server HTTP settings.
+/// The service behind both listeners: the core plus the adapter's own
+/// settings, which a reload swaps without locking requests out.
 pub struct Api {
     pub limiter: Limiter,
+    pub edge: ArcSwap<Edge>,
+}
+
+/// What the adapter enforces per connection and request (reloadable).
+#[derive(Debug, Clone)]
+pub struct Edge {
     pub cors: Cors,
-    /// Bound on reading a request body.
-    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    /// Bounds receiving a request head, and reading a request body.
+    pub header_timeout: Duration,
+}
+
+impl Edge {
+    pub fn new(config: &Config) -> Edge {
+        Edge {
+            cors: Cors::new(&config.cors_origins),
+            max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout,
+            header_timeout: config.header_timeout,
+        }
+    }
 }
 
 /// Which browser origins may call the API.
@@ -185,23 +207,24 @@ pub async fn serve_api(api: Arc<Api>, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     let path = parse_path(parts.uri.path());
     let route = route_of(&path, &parts.method);
+    let edge = api.edge.load();
     let repeated = parts.extensions.get::<RepeatedContentLength>().is_some();
     let read = if repeated { Err(Failure::BadRequest("duplicated Content-Length")) } else { Ok(()) };
-    let mut reply = match read.and(read_body(&api, &parts.headers, body).await) {
+    let mut reply = match read.and(read_body(edge.header_timeout, &parts.headers, body).await) {
         Err(f) => failure(&f),
         Ok(()) => match answer(&api, &parts, path) {
             Ok(reply) => reply,
             Err(f) => failure(&f),
         },
     };
-    api.cors.allow(&parts.headers, reply.headers_mut());
+    edge.cors.allow(&parts.headers, reply.headers_mut());
     api.limiter.metrics().request(route, reply.status().as_u16());
     reply
 }
 
 /// Reads and discards any request body, within SPEC §4's limits: our
 /// requests carry none, but the connection must stay in step.
-async fn read_body(api: &Api, headers: &HeaderMap, body: Incoming) -> Result<(), Failure> {
+async fn read_body(timeout: Duration, headers: &HeaderMap, body: Incoming) -> Result<(), Failure> {
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     if let (Some(len), more) = (lengths.next(), lengths.next()) {
         if more.is_some() {
@@ -217,7 +240,7 @@ async fn read_body(api: &Api, headers: &HeaderMap, body: Incoming) -> Result<(),
         return Ok(());
     }
     let limited = Limited::new(body, wire::MAX_BODY_BYTES);
-    match tokio::time::timeout(api.body_timeout, limited.collect()).await {
+    match tokio::time::timeout(timeout, limited.collect()).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::TooLarge),
         Ok(Err(_)) => Err(Failure::BadRequest("request body could not be read")),

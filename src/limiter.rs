@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arc_swap::ArcSwap;
+
 use crate::grant::{self, Grant, InvalidGrant, PollBounds, Tenants};
 use crate::keys::KeyRing;
 use crate::metrics::{Metrics, Rejection};
@@ -86,7 +88,8 @@ pub struct Listing {
 }
 
 pub struct Limiter {
-    settings: Settings,
+    /// Swapped whole on reload; requests read it without locking.
+    settings: ArcSwap<Settings>,
     store: Store,
     ids: SessionIds,
     metrics: Arc<Metrics>,
@@ -98,7 +101,7 @@ impl Limiter {
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed)?;
         Ok(Limiter {
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             store: Store::new(1024, hash_key),
             ids: SessionIds { seed: u64::from_le_bytes(seed), next: AtomicU64::new(0) },
             metrics,
@@ -109,18 +112,24 @@ impl Limiter {
         &self.metrics
     }
 
-    fn grant_for(&self, user: &str, token: &str, now: u64) -> Result<Grant, Error> {
-        let g = grant::verify(token, &self.settings.tenants, self.settings.poll, now)?;
+    /// Puts new keys, tenants and bounds in force for every later request;
+    /// sessions are untouched.
+    pub fn reload(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    fn grant_for(&self, s: &Settings, user: &str, token: &str, now: u64) -> Result<Grant, Error> {
+        let g = grant::verify(token, &s.tenants, s.poll, now)?;
         if &*g.sub != user {
             return Err(Error::Forbidden("the grant is for another user"));
         }
         Ok(g)
     }
 
-    fn lease_for(&self, user: &str, id: SessionId, token: &str, now: u64) -> Result<Lease, Error> {
-        let lease = Lease::verify(token, &self.settings.server_keys, now)?;
+    fn lease_for(&self, s: &Settings, user: &str, id: SessionId, token: &str, now: u64) -> Result<Lease, Error> {
+        let lease = Lease::verify(token, &s.server_keys, now)?;
         let c = lease.claims();
-        if !self.settings.tenants.contains_key(c.tenant) {
+        if !s.tenants.contains_key(c.tenant) {
             return Err(Error::InvalidToken("unknown tenant"));
         }
         if c.user != user || c.session != id {
@@ -131,13 +140,15 @@ impl Limiter {
 
     /// SPEC §4 start and §5 admission.
     pub fn start(&self, user: &str, token: &str, replace: Option<SessionId>, now: u64) -> Result<Started, Error> {
-        let g = self.grant_for(user, token, now).inspect_err(|e| self.count_start_error(e))?;
-        if self.store.records() >= self.settings.max_sessions {
+        let settings = self.settings.load();
+        let s = &**settings;
+        let g = self.grant_for(s, user, token, now).inspect_err(|e| self.count_start_error(e))?;
+        if self.store.records() >= s.max_sessions {
             self.metrics.rejected(Rejection::OverCapacity);
             return Err(Error::OverCapacity);
         }
         let id = self.ids.next();
-        let expires_ms = now + self.settings.ttl_ms(g.poll_secs);
+        let expires_ms = now + s.ttl_ms(g.poll_secs);
         let group = g.group.as_ref().map(|(name, limit)| (&**name, *limit));
         let claims = LeaseClaims {
             tenant: &g.tenant,
@@ -153,7 +164,7 @@ impl Limiter {
             content: g.content.as_deref(),
             poll_secs: g.poll_secs,
         };
-        let token = claims.mint(self.settings.server_keys.signing()).ok_or_else(|| {
+        let token = claims.mint(s.server_keys.signing()).ok_or_else(|| {
             self.metrics.rejected(Rejection::InvalidGrant);
             Error::InvalidGrant("tenant, sub, group and device are too long together for a lease token")
         })?;
@@ -166,7 +177,7 @@ impl Limiter {
             },
             limits: Limits { limit: g.limit, policy: g.policy, group },
             replace,
-            unknown_until_ms: now + self.settings.max_token_life_ms(),
+            unknown_until_ms: now + s.max_token_life_ms(),
         };
         let user_key = self.store.user_key(&g.tenant, &g.sub);
         match self.store.admit(user_key, &admission, now) {
@@ -202,11 +213,13 @@ impl Limiter {
 
     /// SPEC §4 heartbeat and §6 healing and re-validation.
     pub fn heartbeat(&self, user: &str, id: SessionId, token: &str, now: u64) -> Result<Renewed, Error> {
-        let lease = self.lease_for(user, id, token, now).inspect_err(|_| {
+        let settings = self.settings.load();
+        let s = &**settings;
+        let lease = self.lease_for(s, user, id, token, now).inspect_err(|_| {
             self.metrics.heartbeats_invalid.fetch_add(1, Ordering::Relaxed);
         })?;
         let c = lease.claims();
-        let renew_to_ms = now + self.settings.ttl_ms(c.poll_secs);
+        let renew_to_ms = now + s.ttl_ms(c.poll_secs);
         let rebuild = || Session {
             id,
             started_ms: c.started_ms,
@@ -228,7 +241,7 @@ impl Limiter {
                 m.heartbeats_healed.fetch_add(u64::from(healed), Ordering::Relaxed);
                 m.sessions_stopped(StopReason::LimitExceeded, stopped);
                 m.expiries.fetch_add(expired as u64, Ordering::Relaxed);
-                let token = lease.renew(renew_to_ms, self.settings.server_keys.signing());
+                let token = lease.renew(renew_to_ms, s.server_keys.signing());
                 Ok(Renewed { session_id: id, token, poll_after: c.poll_secs, expires_ms: renew_to_ms })
             }
             Beaten::Lost { healed, stopped, expired } => {
@@ -248,8 +261,10 @@ impl Limiter {
     /// SPEC §4 stop: with the session's own lease token (`ended`) or a grant
     /// for the user (`kicked`). Idempotent.
     pub fn stop(&self, user: &str, id: SessionId, token: &str, now: u64) -> Result<(), Error> {
+        let settings = self.settings.load();
+        let s = &**settings;
         let (user_key, stop) = if token.starts_with("g1.") {
-            let g = self.grant_for(user, token, now)?;
+            let g = self.grant_for(s, user, token, now)?;
             let info = Info::new(
                 g.device.as_deref(),
                 g.label.as_deref(),
@@ -262,11 +277,11 @@ impl Limiter {
                 reason: StopReason::Kicked,
                 by: Some(Arc::new(by)),
                 keep_until_ms: 0,
-                unknown_until_ms: now + self.settings.max_token_life_ms(),
+                unknown_until_ms: now + s.max_token_life_ms(),
             };
             (self.store.user_key(&g.tenant, &g.sub), stop)
         } else {
-            let lease = self.lease_for(user, id, token, now)?;
+            let lease = self.lease_for(s, user, id, token, now)?;
             let c = lease.claims();
             let until = c.expires_ms + wire::TOKEN_LEEWAY_MS;
             let stop = Stop { id, reason: StopReason::Ended, by: None, keep_until_ms: until, unknown_until_ms: until };
@@ -281,7 +296,7 @@ impl Limiter {
 
     /// SPEC §4 list: live sessions, oldest first.
     pub fn list(&self, user: &str, token: &str, now: u64) -> Result<Listing, Error> {
-        let g = self.grant_for(user, token, now)?;
+        let g = self.grant_for(&self.settings.load(), user, token, now)?;
         let (active, sessions) = self.store.live(self.store.user_key(&g.tenant, &g.sub), g.policy, now);
         Ok(Listing { limit: g.limit, active, sessions: sessions.iter().map(Session::view).collect() })
     }

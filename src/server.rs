@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::conn::{Phase, TimedIo};
-use crate::http::{Api, Cors, RepeatedContentLength, now_ms, serve_admin, serve_api};
+use crate::http::{Api, Edge, RepeatedContentLength, now_ms, serve_admin, serve_api};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::wire;
@@ -31,26 +32,51 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Body of the answer to a connection over `max_connections`.
 const OVER_CAPACITY: &str = r#"{"error":"over_capacity","message":"too many connections: retry later"}"#;
 
-/// Runs the server on bound listeners until `shutdown` resolves, then stops
-/// accepting, finishes in-flight requests (up to 10 s) and returns.
+/// A running service's state: the core, the adapter's settings and the
+/// sweep interval. Built once; [`Server::reload`] swaps settings in place.
+pub struct Server {
+    api: Arc<Api>,
+    sweep_interval: Duration,
+}
+
+impl Server {
+    pub fn new(config: &Config) -> io::Result<Server> {
+        let metrics = Arc::new(Metrics::default());
+        let limiter = Limiter::new(config.core.clone(), metrics).map_err(io::Error::other)?;
+        let api = Arc::new(Api { limiter, edge: ArcSwap::from_pointee(Edge::new(config)) });
+        Ok(Server { api, sweep_interval: config.sweep_interval })
+    }
+
+    /// Puts a new configuration in force without dropping a session or a
+    /// connection: keys, tenants, bounds, limits, timeouts and CORS. The
+    /// listen addresses and the sweep interval keep their startup values.
+    pub fn reload(&self, config: &Config) {
+        self.api.limiter.reload(config.core.clone());
+        self.api.edge.store(Arc::new(Edge::new(config)));
+    }
+
+    /// Serves on bound listeners until `shutdown` resolves, then stops
+    /// accepting, finishes in-flight requests (up to 10 s) and returns.
+    pub async fn serve(&self, public: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let api = &self.api;
+        let sweeper = tokio::spawn(sweep_loop(api.clone(), self.sweep_interval, stop_rx.clone()));
+        let admin_task = tokio::spawn(accept_admin(admin, api.clone(), stop_rx.clone()));
+        let public_task = tokio::spawn(accept_public(public, api.clone(), stop_rx));
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let _ = tokio::join!(public_task, admin_task, sweeper);
+    }
+}
+
+/// Runs a server for `config` on bound listeners until `shutdown` resolves.
 pub async fn run(
     config: Config,
     public: TcpListener,
     admin: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let limiter = Limiter::new(config.core.clone(), metrics).map_err(io::Error::other)?;
-    let api = Arc::new(Api { limiter, cors: Cors::new(&config.cors_origins), body_timeout: config.header_timeout });
-    let (stop_tx, stop_rx) = watch::channel(false);
-
-    let sweeper = tokio::spawn(sweep_loop(api.clone(), config.sweep_interval, stop_rx.clone()));
-    let admin_task = tokio::spawn(accept_admin(admin, api.clone(), config.header_timeout, stop_rx.clone()));
-    let public_task = tokio::spawn(accept_public(public, api, config, stop_rx));
-
-    shutdown.await;
-    let _ = stop_tx.send(true);
-    let _ = tokio::join!(public_task, admin_task, sweeper);
+    Server::new(&config)?.serve(public, admin, shutdown).await;
     Ok(())
 }
 
@@ -65,7 +91,7 @@ fn http1_builder(header_timeout: Option<Duration>) -> http1::Builder {
     b
 }
 
-async fn accept_public(listener: TcpListener, api: Arc<Api>, config: Config, mut stop: watch::Receiver<bool>) {
+async fn accept_public(listener: TcpListener, api: Arc<Api>, mut stop: watch::Receiver<bool>) {
     // Our own TimedIo enforces both the idle and the head timeout.
     let builder = http1_builder(None);
     let graceful = GracefulShutdown::new();
@@ -77,14 +103,15 @@ async fn accept_public(listener: TcpListener, api: Arc<Api>, config: Config, mut
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
-                    eprintln!("streamcap: accept failed: {e}");
+                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         let metrics = api.limiter.metrics().clone();
-        if open.load(Ordering::Relaxed) >= config.max_connections as u64 {
+        let edge = api.edge.load();
+        if open.load(Ordering::Relaxed) >= edge.max_connections as u64 {
             metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(refuse(stream));
             continue;
@@ -92,7 +119,7 @@ async fn accept_public(listener: TcpListener, api: Arc<Api>, config: Config, mut
         let _ = stream.set_nodelay(true);
         let guard = ConnGuard::new(open.clone(), metrics);
         let phase = Arc::new(Phase::new());
-        let io = TimedIo::new(stream, phase.clone(), config.idle_timeout, config.header_timeout);
+        let io = TimedIo::new(stream, phase.clone(), edge.idle_timeout, edge.header_timeout);
         let api = api.clone();
         let service = service_fn(move |mut req| {
             if phase.begin() {
@@ -128,8 +155,8 @@ async fn refuse(mut stream: TcpStream) {
     .await;
 }
 
-async fn accept_admin(listener: TcpListener, api: Arc<Api>, header_timeout: Duration, mut stop: watch::Receiver<bool>) {
-    let builder = http1_builder(Some(header_timeout));
+async fn accept_admin(listener: TcpListener, api: Arc<Api>, mut stop: watch::Receiver<bool>) {
+    let builder = http1_builder(Some(api.edge.load().header_timeout));
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {

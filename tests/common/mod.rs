@@ -588,7 +588,7 @@ impl Binary {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap().push_str(&format!("{line}\n"));
-                if let Some(rest) = line.strip_prefix("streamcap: listening on ")
+                if let Some(rest) = line.split_once("listening on ").map(|(_, rest)| rest)
                     && let Some((a, b)) = rest.split_once(", operator endpoints on ")
                     && let (Ok(a), Ok(b)) = (a.trim().parse::<SocketAddr>(), b.trim().parse::<SocketAddr>())
                 {
