@@ -12,8 +12,8 @@ use arc_swap::ArcSwap;
 use crate::grant::{self, Grant, InvalidGrant, PollBounds, Tenants};
 use crate::keys::KeyRing;
 use crate::metrics::{Metrics, Rejection};
-use crate::policy::{Admission, Beat, By, Info, Limits, Refused, Session, Stop};
-use crate::store::{Beaten, Store, Swept};
+use crate::policy::{Admission, Beat, By, Info, Limits, Refusal, Refused, Session, Stop};
+use crate::store::{Beaten, Stopped, Store, Swept};
 use crate::token::{InvalidToken, Lease, LeaseClaims};
 use crate::wire::{self, SessionId, SessionView, StopReason};
 
@@ -196,7 +196,11 @@ impl Limiter {
                     evicted: ok.evicted,
                 })
             }
-            Err(Refused { group, limit, active, sessions }) => {
+            Err(Refusal::Full) => {
+                self.metrics.rejected(Rejection::OverCapacity);
+                Err(Error::OverCapacity)
+            }
+            Err(Refusal::Limit(Refused { group, limit, active, sessions })) => {
                 self.metrics.rejected(if group { Rejection::GroupLimitReached } else { Rejection::LimitReached });
                 let sessions = sessions.iter().map(Session::view).collect();
                 Err(Error::LimitReached { group, limit, active, sessions })
@@ -251,6 +255,7 @@ impl Limiter {
                 m.heartbeat_stopped(StopReason::LimitExceeded);
                 Err(Error::Stopped { reason: StopReason::LimitExceeded, by: None })
             }
+            Beaten::Full => Err(Error::OverCapacity),
             Beaten::Stopped(t) => {
                 m.heartbeat_stopped(t.reason);
                 Err(Error::Stopped { reason: t.reason, by: t.by.map(|b| Box::new(b.view())) })
@@ -287,7 +292,9 @@ impl Limiter {
             let stop = Stop { id, reason: StopReason::Ended, by: None, keep_until_ms: until, unknown_until_ms: until };
             (self.store.user_key(c.tenant, c.user), stop)
         };
-        let expired = self.store.stop(user_key, &stop, now);
+        let Stopped::Done { expired } = self.store.stop(user_key, &stop, now) else {
+            return Err(Error::OverCapacity);
+        };
         self.metrics.expiries.fetch_add(expired as u64, Ordering::Relaxed);
         let counter = if stop.reason == StopReason::Kicked { &self.metrics.kicks } else { &self.metrics.stops };
         counter.fetch_add(1, Ordering::Relaxed);

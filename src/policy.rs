@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::wire::{Policy, SessionId, SessionView, StopReason, TOKEN_LEEWAY_MS, unix_secs};
+use crate::wire::{MAX_RECORDS_PER_USER, Policy, SessionId, SessionView, StopReason, TOKEN_LEEWAY_MS, unix_secs};
 
 /// Optional text of a session; allocated only when a grant carries any.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -155,6 +155,11 @@ impl Working {
         Working { slots, expired }
     }
 
+    /// Whether `more` records would exceed the per-user bound.
+    fn full(&self, more: usize) -> bool {
+        self.slots.len() + more > MAX_RECORDS_PER_USER
+    }
+
     fn live(&self) -> impl Iterator<Item = &Session> {
         self.slots.iter().filter_map(|s| match s {
             Slot::Live(s) => Some(s),
@@ -259,6 +264,15 @@ pub struct Admitted {
     pub expired: usize,
 }
 
+/// Why a start was refused; nothing changed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A `409`.
+    Limit(Refused),
+    /// The user holds `MAX_RECORDS_PER_USER` records.
+    Full,
+}
+
 /// A `409`: nothing changed.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refused {
@@ -271,8 +285,11 @@ pub struct Refused {
 }
 
 /// SPEC §5: one start, all or nothing.
-pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, Refused> {
+pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, Refusal> {
     let mut w = Working::new(current, now, 1 + usize::from(a.replace.is_some()));
+    if w.full(1 + usize::from(a.replace.is_some())) {
+        return Err(Refusal::Full);
+    }
     let new = &a.session;
     let by = Some(By::session(new));
     let mut replaced = 0;
@@ -314,7 +331,7 @@ pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, 
             let (limit, active) = if group_only { (lim.group.map_or(0, |g| g.1), group_n) } else { (lim.limit, all_n) };
             let mut sessions: Vec<Session> = w.live().filter(|s| in_scope(s)).cloned().collect();
             sessions.sort_by_key(|s| s.age());
-            return Err(Refused { group: group_only, limit, active, sessions });
+            return Err(Refusal::Limit(Refused { group: group_only, limit, active, sessions }));
         }
         // Evict the oldest: of the group when the group limit binds.
         let scope_for_evict = |s: &Session| !group_binds || scope(s);
@@ -345,6 +362,8 @@ pub enum BeatOutcome {
     Lost { slots: Box<[Slot]>, healed: bool, stopped: Vec<SessionId>, expired: usize },
     /// Already stopped: answer `410` with this reason; nothing changes.
     Stopped(Tombstone),
+    /// Unknown here and the user is at `MAX_RECORDS_PER_USER`: retry later.
+    Full,
 }
 
 /// SPEC §6: find or rebuild the session, re-validate the user's limits by
@@ -356,6 +375,7 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
     let mut w = Working::new(current, now, 0);
     let healed = match w.find(b.id) {
         Some(_) => false,
+        None if w.full(1) => return BeatOutcome::Full,
         None => {
             // Unknown here, or expired but within the token's leeway: rebuild.
             w.slots.push(Slot::Live((b.rebuild)()));
@@ -427,6 +447,8 @@ pub enum StopOutcome {
         expired: usize,
     },
     AlreadyStopped,
+    /// Unknown here and the user is at `MAX_RECORDS_PER_USER`: nothing changed.
+    Full,
 }
 
 /// SPEC §4 stop: idempotent; frees the slot at once.
@@ -444,6 +466,7 @@ pub fn stop(current: &[Slot], s: &Stop, now: u64) -> StopOutcome {
             let expired = w.expired;
             StopOutcome::Stopped { slots: w.into_slots(), expired }
         }
+        None if w.full(1) => StopOutcome::Full,
         None => {
             w.slots.push(Slot::Stopped(Tombstone {
                 id: s.id,
@@ -498,7 +521,12 @@ mod tests {
     }
 
     fn start(slots: &[Slot], s: Session, l: Limits<'_>, now: u64) -> Result<Admitted, Refused> {
-        admit(slots, &Admission { session: s, limits: l, replace: None, unknown_until_ms: now + TTL }, now)
+        admit(slots, &Admission { session: s, limits: l, replace: None, unknown_until_ms: now + TTL }, now).map_err(
+            |r| match r {
+                Refusal::Limit(r) => r,
+                Refusal::Full => panic!("unexpected Full"),
+            },
+        )
     }
 
     fn beat(slots: &[Slot], s: Session, l: Limits<'_>, now: u64) -> BeatOutcome {
@@ -681,6 +709,33 @@ mod tests {
         let a = start(&slots, session(2, expires), l, expires).unwrap();
         assert_eq!(a.expired, 1);
         assert_eq!(live_ids(&a.slots, expires), [2]);
+    }
+
+    #[test]
+    fn one_user_cannot_hold_more_than_the_record_bound() {
+        let mut slots: Box<[Slot]> = Box::new([]);
+        let kick = |id| Stop {
+            id: SessionId(id),
+            reason: StopReason::Kicked,
+            by: None,
+            keep_until_ms: 0,
+            unknown_until_ms: T0 + TTL,
+        };
+        for id in 0..MAX_RECORDS_PER_USER as u64 {
+            let StopOutcome::Remembered { slots: s, .. } = stop(&slots, &kick(id), T0) else { panic!("{id}") };
+            slots = s;
+        }
+        assert!(matches!(stop(&slots, &kick(u64::MAX), T0), StopOutcome::Full));
+        let a = Admission {
+            session: session(u64::MAX, T0),
+            limits: limits(5, RejectNew),
+            replace: None,
+            unknown_until_ms: 0,
+        };
+        assert_eq!(admit(&slots, &a, T0).unwrap_err(), Refusal::Full);
+        assert!(matches!(beat(&slots, session(u64::MAX - 1, T0), limits(5, RejectNew), T0), BeatOutcome::Full));
+        // Once the tombstones are due, the user is served again.
+        assert!(admit(&slots, &a, T0 + TTL).is_ok());
     }
 
     #[test]

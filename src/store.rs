@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use papaya::{Compute, HashMap, Operation, ResizeMode};
 
-use crate::policy::{self, Admission, Beat, BeatOutcome, Refused, Session, Slot, Stop, StopOutcome, Tombstone};
+use crate::policy::{self, Admission, Beat, BeatOutcome, Refusal, Session, Slot, Stop, StopOutcome, Tombstone};
 use crate::wire::{Policy, SessionId};
 
 /// 128 bits of keyed BLAKE3 over (tenant, user): collisions are out of reach
@@ -38,9 +38,28 @@ pub struct Admitted {
 /// A heartbeat's result.
 #[derive(Debug)]
 pub enum Beaten {
-    Renewed { healed: bool, stopped: usize, expired: usize },
-    Lost { healed: bool, stopped: usize, expired: usize },
+    Renewed {
+        healed: bool,
+        stopped: usize,
+        expired: usize,
+    },
+    Lost {
+        healed: bool,
+        stopped: usize,
+        expired: usize,
+    },
     Stopped(Tombstone),
+    /// The user is at its record bound: retry later.
+    Full,
+}
+
+/// Whether a stop was recorded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Done (or already done); `expired` sessions were dropped on the way.
+    Done { expired: usize },
+    /// The user is at its record bound: retry later.
+    Full,
 }
 
 /// What one sweep found.
@@ -112,7 +131,7 @@ impl Store {
         out.expect("compute ran the rule")
     }
 
-    pub fn admit(&self, user: UserKey, a: &Admission<'_>, now: u64) -> Result<Admitted, Refused> {
+    pub fn admit(&self, user: UserKey, a: &Admission<'_>, now: u64) -> Result<Admitted, Refusal> {
         self.update(user, |current| match policy::admit(current, a, now) {
             Ok(ok) => (
                 Some(ok.slots),
@@ -131,16 +150,17 @@ impl Store {
                 (Some(slots), Beaten::Lost { healed, stopped: stopped.len(), expired })
             }
             BeatOutcome::Stopped(t) => (None, Beaten::Stopped(t)),
+            BeatOutcome::Full => (None, Beaten::Full),
         })
     }
 
-    /// Returns the number of expired sessions dropped on the way.
-    pub fn stop(&self, user: UserKey, s: &Stop, now: u64) -> usize {
+    pub fn stop(&self, user: UserKey, s: &Stop, now: u64) -> Stopped {
         self.update(user, |current| match policy::stop(current, s, now) {
             StopOutcome::Stopped { slots, expired } | StopOutcome::Remembered { slots, expired } => {
-                (Some(slots), expired)
+                (Some(slots), Stopped::Done { expired })
             }
-            StopOutcome::AlreadyStopped => (None, 0),
+            StopOutcome::AlreadyStopped => (None, Stopped::Done { expired: 0 }),
+            StopOutcome::Full => (None, Stopped::Full),
         })
     }
 

@@ -46,6 +46,10 @@ pub const DEFAULT_SWEEP_MILLIS: u64 = 1_000;
 // ---- field rules (SPEC §2) -----------------------------------------------------
 
 pub const MAX_LIMIT: u32 = 1000;
+/// Most records (live sessions and tombstones) one user may hold: far above
+/// any legitimate use, it bounds the work and memory one account can cause.
+/// Beyond it, what would add a record gets `503` for that user alone.
+pub const MAX_RECORDS_PER_USER: usize = 2 * MAX_LIMIT as usize + 48;
 pub const MAX_TENANT_LEN: usize = 64;
 pub const MAX_USER_LEN: usize = 128;
 pub const MAX_GROUP_LEN: usize = 64;
