@@ -288,7 +288,9 @@ impl Limiter {
         } else {
             let lease = self.lease_for(s, user, id, token, now)?;
             let c = lease.claims();
-            let until = c.expires_ms + wire::TOKEN_LEEWAY_MS;
+            // Newer tokens than the one presented may exist; none was issued
+            // after now, so none expires after now + ttl.
+            let until = c.expires_ms.max(now + s.ttl_ms(c.poll_secs)) + wire::TOKEN_LEEWAY_MS;
             let stop = Stop { id, reason: StopReason::Ended, by: None, keep_until_ms: until, unknown_until_ms: until };
             (self.store.user_key(c.tenant, c.user), stop)
         };

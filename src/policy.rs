@@ -123,11 +123,13 @@ impl Slot {
         }
     }
 
-    /// Whether the sweeper may drop this record at `now`.
+    /// Whether the record no longer counts at `now`: a session stops
+    /// counting at its expiry; a tombstone answers through `until_ms`, the
+    /// last millisecond at which one of its tokens is still accepted.
     pub fn is_expired(&self, now: u64) -> bool {
         match self {
             Slot::Live(s) => s.expires_ms <= now,
-            Slot::Stopped(t) => t.until_ms <= now,
+            Slot::Stopped(t) => t.until_ms < now,
         }
     }
 }
@@ -350,7 +352,8 @@ pub struct Beat<'a> {
     pub limits: Limits<'a>,
     /// The presented token's expiry: a tombstone must outlive it.
     pub token_expires_ms: u64,
-    /// New expiry if the session keeps playing.
+    /// New expiry if the session keeps playing; also a bound on the expiry
+    /// of any token of this session issued so far.
     pub renew_to_ms: u64,
 }
 
@@ -414,7 +417,9 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
             BeatOutcome::Renewed { slots: w.into_slots(), healed, stopped, expired }
         }
         Some(Slot::Stopped(t)) => {
-            t.until_ms = t.until_ms.max(b.token_expires_ms + TOKEN_LEEWAY_MS);
+            // Rebuilt from an old token, it may have newer ones: none can
+            // expire after a token issued now would.
+            t.until_ms = t.until_ms.max(b.token_expires_ms.max(b.renew_to_ms) + TOKEN_LEEWAY_MS);
             stopped.retain(|id| *id != b.id);
             BeatOutcome::Lost { slots: w.into_slots(), healed, stopped, expired }
         }
@@ -735,7 +740,8 @@ mod tests {
         assert_eq!(admit(&slots, &a, T0).unwrap_err(), Refusal::Full);
         assert!(matches!(beat(&slots, session(u64::MAX - 1, T0), limits(5, RejectNew), T0), BeatOutcome::Full));
         // Once the tombstones are due, the user is served again.
-        assert!(admit(&slots, &a, T0 + TTL).is_ok());
+        assert_eq!(admit(&slots, &a, T0 + TTL).unwrap_err(), Refusal::Full, "still answering at until_ms");
+        assert!(admit(&slots, &a, T0 + TTL + 1).is_ok());
     }
 
     #[test]
@@ -754,7 +760,8 @@ mod tests {
         let StopOutcome::Remembered { slots, .. } = stop(&slots, &stop_req(7), T0 + 3000) else { panic!() };
         // A stopped session is never rebuilt by its heartbeat.
         assert!(matches!(beat(&slots, session(7, T0), limits(2, RejectNew), T0 + 4000), BeatOutcome::Stopped(_)));
-        // Tombstones go once their time is up.
-        assert_eq!(prune(&slots, T0 + 500_000).map(|(s, _)| s.len()), Some(0));
+        // Tombstones answer through their last millisecond, then go.
+        assert_eq!(prune(&slots, T0 + 500_000).map(|(s, _)| s.len()), Some(1), "session 7 still answers");
+        assert_eq!(prune(&slots, T0 + 500_001).map(|(s, _)| s.len()), Some(0));
     }
 }

@@ -238,7 +238,8 @@ mod tests {
         );
         assert_eq!(store.sweep(1000), Swept { users: 1, live: 1, records: 2, expired: 0 });
         assert_eq!(store.sweep(90_000), Swept { users: 1, live: 0, records: 1, expired: 1 });
-        assert_eq!(store.sweep(200_000), Swept { users: 0, live: 0, records: 0, expired: 0 });
+        assert_eq!(store.sweep(200_000), Swept { users: 1, live: 0, records: 1, expired: 0 });
+        assert_eq!(store.sweep(200_001), Swept { users: 0, live: 0, records: 0, expired: 0 });
         assert_eq!(store.records(), 0);
     }
 
