@@ -1,0 +1,493 @@
+#!/usr/bin/env bash
+# streamcap's end-to-end benchmark: one command, one table.
+#
+#   bash loadtest/bench.sh             # the full run (quiet machine, ~20-30 min)
+#   QUICK=1 bash loadtest/bench.sh     # a smoke run of the same steps (~2.5 min; GROW=1 ~5 min)
+#
+# Everything runs on 127.0.0.1: the server in dev mode on free ports, the
+# load from wrk and loadtest/driver (streamcap-driver). Steps:
+#   1. install wrk (and jq, curl) if missing; build the server and the driver (release);
+#   2. start the server (--max-poll-secs 3600); baseline RSS (VmRSS);
+#   3. preload PRELOAD sessions (1M; users hold 1, 2, 3 sessions: 2 on average);
+#      RSS and bytes/session at 1M;
+#   4. RUNS times (interleaved, medians reported): wrk -t1 -c64 -d${DUR}s on
+#      /healthz (admin port: the trivial-route baseline), on heartbeats
+#      (wrk/heartbeat.lua over the 1M sessions' tokens) and on starts
+#      (wrk/start.lua over fresh users' grants, a new file each run; starts add
+#      sessions); ratios heartbeat/healthz (target >= 0.85), start/heartbeat (>= 0.50);
+#   5. fixed-rate heartbeats, open model: RATE/s for RATE_SECS s after
+#      RATE_WARMUP s, latency from each request's intended send time
+#      (coordinated omission corrected): p99 (target < 5 ms), errors (target 0);
+#   6. memory: preload on to each of MEM_STEPS total live sessions (5M, 10M),
+#      RSS and bytes/session = (RSS - baseline) / live sessions (target <= 100)
+#      at each, and the server's idle CPU at the last step (the sweeper walks
+#      the map every second). With GROW=1 this step runs on a fresh server
+#      instead: `streamcap-driver grow` adds sessions from 0 to SESSIONS_MAX
+#      (legs ending at PRELOAD and each MEM_STEPS) while GROW_RATE heartbeats/s
+#      run; reported: the worst 1-second p99.9 window (target: none above 20 ms);
+#   7. wait until every session has expired (records = 0), RSS after expiry vs baseline.
+#
+# Session lifetimes (ttl = 3 x poll) are chosen so that no token expires
+# before its last use and the final wait stays short:
+#   - the 1M sessions and the start runs' sessions get POLL_A, with 3 x POLL_A
+#     = 1.25 x (planned time from the preload to the end of the fixed-rate run)
+#     + MARGIN; heartbeats renew them, so they expire ~3 x POLL_A after the
+#     fixed-rate run: with the defaults POLL_A ~ 256 s, i.e. ~13 min later;
+#   - the memory step's sessions get POLL_M, with 3 x POLL_M = 3 x (the growth
+#     time predicted from the 1M preload rate; GROW=1: 6 x) + MARGIN + 30 s.
+#   The expiry wait (step 7) is what remains of these when step 6 ends:
+#   ~8-12 min with the defaults (it is bounded: it gives up 2 min after the
+#   latest planned expiry and reports what was left).
+#
+# Time with the defaults on a quiet 2-core machine: builds 0-3 min (cached:
+# seconds); preload 1M ~10-30 s; throughput runs 3 x 3 x (10 s + wrk's load
+# of 1M lines, 2-5 s) ~ 2-3 min; fixed rate 5 min; growth to 10M 1-4 min;
+# expiry wait ~8-12 min. Total ~20-30 min; GROW=1 adds the growth under load
+# (slower: shares the cores with the heartbeats).
+#
+# Environment (defaults in brackets; QUICK=1 changes the ones marked *):
+#   RUNS [3]              repetitions of each wrk run; the median is reported
+#   DUR [10]*             seconds per wrk run
+#   WRK_CONNS [64]        wrk connections (-t1)
+#   PRELOAD [1000000]*    sessions preloaded for the throughput and rate runs
+#   START_GRANTS [40000 x DUR]  fresh users per start run (3 starts each before 409)
+#   RATE [33300]*         fixed-rate heartbeats per second
+#   RATE_SECS [300]*      measured seconds of the fixed-rate run
+#   RATE_WARMUP [5]*      warmup seconds before it (not measured)
+#   RATE_CONNS [64]       connections of the fixed-rate run
+#   MEM_STEPS ["5000000 10000000"]*  live-session totals at which RSS is read
+#   SESSIONS_MAX [last of MEM_STEPS]  the memory step stops here (e.g. 5000000)
+#   SKIP_MEMORY [0]       1: skip steps 6 and 7
+#   GROW [0]              1: step 6 on a fresh server, growing under heartbeat load
+#   GROW_RATE [RATE]*     heartbeats per second during the growth
+#   GROW_BEATS [100000]*  sessions whose tokens feed those heartbeats
+#   GROW_START_RATE [0]   most starts/s during the growth (0: as fast as it goes)
+#   MARGIN [120]*         seconds of slack added to every planned lifetime
+#   QUICK [0]             1: a smoke run (PRELOAD 20000, DUR 3, RATE 2000 for 5 s,
+#                         MEM_STEPS "600000 1000000", GROW_RATE 1000, GROW_BEATS 2000,
+#                         MARGIN 20; the start runs alone add a few 100k sessions)
+#   SKIP_BUILD [0]        1: use the binaries already built
+#   WORKDIR [mktemp]      scratch files (tokens ~170 MB per 1M sessions); a mktemp
+#                         directory is removed at the end unless KEEP=1, a given one is kept
+#   KEEP [0]              1: keep WORKDIR (server log, targets, raw outputs)
+#   OUT [unset]           also write the table to this file
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+    : "${PRELOAD:=20000}" "${DUR:=3}" "${RATE:=2000}" "${RATE_SECS:=5}" "${RATE_WARMUP:=1}"
+    : "${MEM_STEPS:=600000 1000000}" "${GROW_RATE:=1000}" "${GROW_BEATS:=2000}" "${MARGIN:=20}"
+fi
+RUNS=${RUNS:-3}
+DUR=${DUR:-10}
+WRK_CONNS=${WRK_CONNS:-64}
+PRELOAD=${PRELOAD:-1000000}
+START_GRANTS=${START_GRANTS:-$((40000 * DUR))}
+RATE=${RATE:-33300}
+RATE_SECS=${RATE_SECS:-300}
+RATE_WARMUP=${RATE_WARMUP:-5}
+RATE_CONNS=${RATE_CONNS:-64}
+MEM_STEPS=${MEM_STEPS:-5000000 10000000}
+SESSIONS_MAX=${SESSIONS_MAX:-${MEM_STEPS##* }}
+SKIP_MEMORY=${SKIP_MEMORY:-0}
+GROW=${GROW:-0}
+GROW_RATE=${GROW_RATE:-$RATE}
+GROW_BEATS=${GROW_BEATS:-100000}
+GROW_START_RATE=${GROW_START_RATE:-0}
+MARGIN=${MARGIN:-120}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP=${KEEP:-0}
+
+SERVER_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/streamcap
+DRIVER_BIN=${CARGO_TARGET_DIR:-$ROOT/loadtest/driver/target}/release/streamcap-driver
+HEARTBEAT_LUA=$ROOT/loadtest/wrk/heartbeat.lua
+START_LUA=$ROOT/loadtest/wrk/start.lua
+
+if [[ -n ${WORKDIR:-} ]]; then
+    WORK=$WORKDIR
+    OWN_WORK=0
+    mkdir -p "$WORK"
+else
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/streamcap-bench.XXXXXX")
+    OWN_WORK=1
+fi
+SERVER_PID=
+BENCH_START=$(date +%s)
+
+log() { printf '[%4ds] %s\n' $(($(date +%s) - BENCH_START)) "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+stop_server() {
+    local pid=$SERVER_PID
+    SERVER_PID=
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# shellcheck disable=SC2317  # (called by the trap)
+cleanup() {
+    local rc=$?
+    stop_server
+    if [[ $KEEP == 1 || $OWN_WORK == 0 ]]; then
+        log "scratch files kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- 1. tools and builds -------------------------------------------------
+
+need() { # need COMMAND [PACKAGE]
+    command -v "$1" >/dev/null 2>&1 && return 0
+    log "installing ${2:-$1}"
+    apt-get install -y "${2:-$1}" >"$WORK/apt.log" 2>&1 ||
+        { apt-get update >>"$WORK/apt.log" 2>&1 && apt-get install -y "${2:-$1}" >>"$WORK/apt.log" 2>&1; } ||
+        die "cannot install ${2:-$1} (see $WORK/apt.log)"
+}
+need wrk
+need jq
+need curl
+
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "building the server and the driver (release)"
+    (cd "$ROOT" && cargo build --release --quiet) || die "server build"
+    cargo build --release --quiet --manifest-path "$ROOT/loadtest/driver/Cargo.toml" || die "driver build"
+fi
+[[ -x $SERVER_BIN ]] || die "no server binary at $SERVER_BIN"
+[[ -x $DRIVER_BIN ]] || die "no driver binary at $DRIVER_BIN"
+
+# ---- helpers --------------------------------------------------------------
+
+SERVER_N=0
+start_server() { # sets SERVER_PID, PORT, ADMIN
+    SERVER_N=$((SERVER_N + 1))
+    local out=$WORK/server$SERVER_N.log
+    # Dev mode: no STREAMCAP_* setting may leak in from the caller's environment.
+    local unset_env=()
+    while IFS='=' read -r name _; do
+        [[ $name == STREAMCAP_* ]] && unset_env+=(-u "$name")
+    done < <(env)
+    env "${unset_env[@]}" "$SERVER_BIN" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+        --max-poll-secs 3600 >"$out" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 200); do
+        grep -q 'listening on' "$out" && break
+        kill -0 "$SERVER_PID" 2>/dev/null || die "the server exited: $(tail -5 "$out")"
+        sleep 0.05
+    done
+    PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\),.*/\1/p' "$out")
+    ADMIN=$(sed -n 's/.*operator endpoints on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$out")
+    [[ -n $PORT && -n $ADMIN ]] || die "cannot read the server's ports from $out"
+    ADDR=127.0.0.1:$PORT
+    log "server $SERVER_N (pid $SERVER_PID) on $ADDR, operator endpoints on 127.0.0.1:$ADMIN"
+}
+
+rss() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$SERVER_PID/status"; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
+metric() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m { print $2; exit }'; }
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+per_session() { awk -v r="$1" -v b="$2" -v n="$3" 'BEGIN { if (n > 0) printf "%.1f", (r - b) / n; else print "n/a" }'; }
+ceil_div() { echo $((($1 + $2 - 1) / $2)); }
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
+        if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 >= b + 0) }'; }
+# bytes_verdict RSS BASE LIVE: the per-session target, judged only from 500k
+# sessions on (below that, the allocator's and the table's fixed costs dominate).
+bytes_verdict() {
+    if (($3 < 500000)); then echo "n/a (< 500k)"; else verdict "$(per_session "$1" "$2" "$3")" "<=" 100; fi
+}
+verdict() { if awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN {
+        if (a == "nan" || a == "n/a") exit 1
+        if (op == ">=") exit !(a + 0 >= b + 0); if (op == "<=") exit !(a + 0 <= b + 0)
+        if (op == "<") exit !(a + 0 < b + 0); if (op == "==") exit !(a + 0 == b + 0); exit 1 }'; then
+    echo yes; else echo NO; fi; }
+
+# Waits for the sweeper (every second) to publish fresh gauges.
+settle() { sleep "${1:-3}"; }
+
+# The live-session gauge, which the sweeper updates every second.
+live() { metric streamcap_live_sessions; }
+
+# Waits until the gauge holds still (a sweep of 10M sessions takes a while), at most 30 s.
+settle_live() {
+    local a b
+    sleep 2
+    a=$(live)
+    for _ in $(seq 15); do
+        sleep 2
+        b=$(live)
+        [[ $a == "$b" ]] && break
+        a=$b
+    done
+}
+
+# wrk_run NAME ARGS...: one wrk run; sets WRK_RPS, WRK_BAD (status > 399) and
+# WRK_SOCK (socket errors); the raw output stays in WORKDIR.
+WRK_N=0
+wrk_run() {
+    local name=$1
+    shift
+    WRK_N=$((WRK_N + 1))
+    local out=$WORK/wrk-$WRK_N-$name.txt
+    timeout $((DUR + 300)) wrk -t1 -c"$WRK_CONNS" -d"${DUR}s" --timeout 10s "$@" >"$out" 2>&1 ||
+        die "wrk ($name) failed: $(tail -3 "$out")"
+    read -r WRK_RPS WRK_BAD WRK_SOCK < <(awk '/^Requests\/sec:/ { rps = $2 }
+         /Non-2xx or 3xx responses:/ { bad = $NF }
+         /Socket errors:/ { gsub(",", ""); sock = $4 + $6 + $8 + $10 }
+         END { printf "%s %d %d\n", (rps == "" ? "nan" : rps), bad, sock }' "$out")
+}
+
+declare -A PHASE_SECS
+phase() { # phase NAME: closes the previous phase
+    local now
+    now=$(date +%s)
+    if [[ -n ${PHASE_NAME:-} ]]; then PHASE_SECS[$PHASE_NAME]=$((now - PHASE_T0)); fi
+    PHASE_NAME=$1
+    PHASE_T0=$now
+    if [[ $1 != end ]]; then log "== $1"; fi
+}
+PHASE_ORDER=()
+phase_start() { PHASE_ORDER+=("$1"); phase "$1"; }
+
+# ---- 2-3. server, baseline, preload --------------------------------------
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+phase_start "start server"
+start_server
+settle 2
+RSS_BASE=$(rss)
+log "baseline RSS $(mib "$RSS_BASE") MiB"
+
+# Lifetimes of the throughput sessions: from the preload to the end of the
+# fixed-rate run, with slack (see the header).
+PLAN_A=$(( $(ceil_div "$PRELOAD" 20000) + RUNS * 3 * (DUR + 2 + PRELOAD / 200000) + RATE_WARMUP + RATE_SECS + 10 ))
+TTL_A=$(( PLAN_A * 5 / 4 + MARGIN ))
+POLL_A=$(ceil_div "$TTL_A" 3)
+((POLL_A <= 3600)) || die "POLL_A=$POLL_A exceeds the server's --max-poll-secs 3600; shorten RATE_SECS"
+
+phase_start "preload $PRELOAD"
+timeout $(( PRELOAD / 1000 + 300 )) "$DRIVER_BIN" preload --addr "$ADDR" --sessions "$PRELOAD" \
+    --poll "$POLL_A" --user-prefix p --tokens-out "$WORK/tokens.tsv" --progress 5 --json >"$WORK/preload.txt" ||
+    die "preload: $(tail -3 "$WORK/preload.txt")"
+PRELOAD_JSON=$(tail -1 "$WORK/preload.txt")
+PRELOAD_RATE=$(jq -r .rate <<<"$PRELOAD_JSON")
+PRELOAD_BAD=$(jq -r '.non_201 + .io_errors' <<<"$PRELOAD_JSON")
+settle_live
+RSS_1=$(rss)
+LIVE_1=$(live)
+log "preloaded: $(jq -r .created <<<"$PRELOAD_JSON") sessions at $PRELOAD_RATE/s; RSS $(mib "$RSS_1") MiB, live $LIVE_1"
+
+# ---- 4. throughput: healthz, heartbeat, start ----------------------------
+
+phase_start "throughput runs"
+for r in $(seq "$RUNS"); do
+    "$DRIVER_BIN" preload --addr "$ADDR" --sessions 0 --poll "$POLL_A" --user-prefix "s$r-" \
+        --grants-out "$WORK/grants-$r.tsv" --grants "$START_GRANTS" --progress 0 >/dev/null ||
+        die "cannot write grants"
+done
+HZ=() HB=() ST=() HB_BAD=0 ST_BAD=0 SOCK=0
+for r in $(seq "$RUNS"); do
+    wrk_run healthz "http://127.0.0.1:$ADMIN/healthz"
+    HZ+=("$WRK_RPS") SOCK=$((SOCK + WRK_SOCK))
+    wrk_run heartbeat -s "$HEARTBEAT_LUA" "http://$ADDR" -- "$WORK/tokens.tsv"
+    HB+=("$WRK_RPS") HB_BAD=$((HB_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK))
+    wrk_run start -s "$START_LUA" "http://$ADDR" -- "$WORK/grants-$r.tsv"
+    ST+=("$WRK_RPS") ST_BAD=$((ST_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK))
+    log "run $r: healthz ${HZ[-1]}/s, heartbeat ${HB[-1]}/s, start ${ST[-1]}/s"
+done
+HZ_MED=$(median "${HZ[@]}")
+HB_MED=$(median "${HB[@]}")
+ST_MED=$(median "${ST[@]}")
+HB_RATIO=$(ratio "$HB_MED" "$HZ_MED")
+ST_RATIO=$(ratio "$ST_MED" "$HB_MED")
+HB_RATIOS=() ST_RATIOS=()
+for i in "${!HZ[@]}"; do
+    HB_RATIOS+=("$(ratio "${HB[$i]}" "${HZ[$i]}")")
+    ST_RATIOS+=("$(ratio "${ST[$i]}" "${HB[$i]}")")
+done
+rm -f "$WORK"/grants-*.tsv
+
+# ---- 5. fixed rate ---------------------------------------------------------
+
+phase_start "fixed rate ${RATE}/s x ${RATE_SECS}s"
+timeout $(( RATE_WARMUP + RATE_SECS + 120 )) "$DRIVER_BIN" rate --addr "$ADDR" --targets "$WORK/tokens.tsv" \
+    --rate "$RATE" --duration "$RATE_SECS" --warmup "$RATE_WARMUP" --conns "$RATE_CONNS" --json \
+    >"$WORK/rate.txt" 2>"$WORK/rate.err" || die "rate: $(tail -3 "$WORK/rate.err")"
+RATE_JSON=$(tail -1 "$WORK/rate.txt")
+RATE_END=$(date +%s)
+EXPIRE_BY=$(( RATE_END + 3 * POLL_A ))
+grep -v '^{' "$WORK/rate.txt" >&2
+q() { jq -r "$1" <<<"$RATE_JSON"; }
+rm -f "$WORK/tokens.tsv"
+
+# ---- 6. memory -------------------------------------------------------------
+
+MEM_ROWS=()
+GROW_WORST=
+GROW_WORST_LAG=
+GROW_OVER=0
+GROW_WINDOWS=0
+IDLE_CPU=
+if [[ $SKIP_MEMORY != 1 ]]; then
+    STEPS=()
+    for s in $MEM_STEPS; do
+        if ((s < SESSIONS_MAX)); then STEPS+=("$s"); fi
+    done
+    STEPS+=("$SESSIONS_MAX")
+    # Lifetime of the memory sessions: three times the growth predicted from
+    # the 1M preload rate (growth under heartbeats is slower: six times).
+    rate_for_plan=$(awk -v r="$PRELOAD_RATE" 'BEGIN { r = int(r); print (r > 1000 ? r : 1000) }')
+    factor=3
+    if [[ $GROW == 1 ]]; then factor=6; fi
+    TTL_M=$(( factor * SESSIONS_MAX / rate_for_plan + MARGIN + 30 ))
+    POLL_M=$(ceil_div "$TTL_M" 3)
+    ((POLL_M <= 3600)) || POLL_M=3600
+
+    if [[ $GROW == 1 ]]; then
+        phase_start "grow 0 -> $SESSIONS_MAX under ${GROW_RATE} heartbeats/s (fresh server)"
+        stop_server
+        EXPIRE_BY=0
+        start_server
+        settle 2
+        RSS_BASE_A=$RSS_BASE
+        RSS_BASE=$(rss)
+        MEM_ROWS+=("baseline RSS, fresh server (MiB)|$(mib "$RSS_BASE")|first server: $(mib "$RSS_BASE_A")||")
+        "$DRIVER_BIN" preload --addr "$ADDR" --sessions "$GROW_BEATS" --poll "$POLL_M" --user-prefix b \
+            --tokens-out "$WORK/beats.tsv" --progress 0 >/dev/null || die "preload of the heartbeat sessions"
+        GROW_STEPS=()
+        if ((PRELOAD < STEPS[0])); then GROW_STEPS+=("$PRELOAD"); fi
+        GROW_STEPS+=("${STEPS[@]}")
+        leg=0
+        for target in "${GROW_STEPS[@]}"; do
+            leg=$((leg + 1))
+            settle_live
+            n=$(( target - $(live) ))
+            ((n > 0)) || continue
+            timeout $(( n / 500 + 300 )) "$DRIVER_BIN" grow --addr "$ADDR" --sessions "$n" \
+                --beat-targets "$WORK/beats.tsv" --beat-rate "$GROW_RATE" --poll "$POLL_M" \
+                --start-rate "$GROW_START_RATE" --user-prefix "g$leg-" --progress 10 --json \
+                >"$WORK/grow-$leg.txt" || die "grow: $(tail -3 "$WORK/grow-$leg.txt")"
+            gj=$(tail -1 "$WORK/grow-$leg.txt")
+            w=$(jq -r .worst_window_p999_ms <<<"$gj")
+            GROW_OVER=$((GROW_OVER + $(jq -r .windows_over_threshold <<<"$gj")))
+            GROW_WINDOWS=$((GROW_WINDOWS + $(jq -r .windows <<<"$gj")))
+            if [[ -z $GROW_WORST ]] || ge "$w" "$GROW_WORST"; then
+                GROW_WORST=$w
+                GROW_WORST_LAG=$(jq -r .worst_window_send_lag_max_ms <<<"$gj")
+            fi
+            settle_live
+            r=$(rss)
+            l=$(live)
+            MEM_ROWS+=("RSS at $target (MiB) / bytes per session|$(mib "$r") / $(per_session "$r" "$RSS_BASE" "$l")|live $l; grow $(jq -r .preload.rate <<<"$gj")/s, beats p99 $(jq -r .p99_ms <<<"$gj") ms, worst 1-s p99.9 $w ms|<= 100 B|$(bytes_verdict "$r" "$RSS_BASE" "$l")")
+            log "grow leg $leg: live $l, RSS $(mib "$r") MiB, worst window p99.9 $w ms"
+        done
+    else
+        phase_start "memory: preload on to ${STEPS[*]}"
+        k=0
+        for target in "${STEPS[@]}"; do
+            k=$((k + 1))
+            settle_live
+            n=$(( target - $(live) ))
+            rate_k="- (already there)"
+            if ((n > 0)); then
+                timeout $(( n / 1000 + 300 )) "$DRIVER_BIN" preload --addr "$ADDR" --sessions "$n" \
+                    --poll "$POLL_M" --user-prefix "m$k-" --progress 10 --json >"$WORK/mem-$k.txt" ||
+                    die "preload to $target: $(tail -3 "$WORK/mem-$k.txt")"
+                rate_k=$(tail -1 "$WORK/mem-$k.txt" | jq -r .rate)
+            fi
+            settle_live
+            r=$(rss)
+            l=$(live)
+            ok=$(awk -v l="$l" -v t="$target" 'BEGIN { print (l >= 0.98 * t) ? "" : " (fewer than planned: expired?)" }')
+            MEM_ROWS+=("RSS at $target (MiB) / bytes per session|$(mib "$r") / $(per_session "$r" "$RSS_BASE" "$l")|live $l$ok; preload $rate_k/s, poll $POLL_M s|<= 100 B|$(bytes_verdict "$r" "$RSS_BASE" "$l")")
+            log "at $target: live $l, RSS $(mib "$r") MiB"
+        done
+    fi
+    now=$(date +%s)
+    if ((now + 3 * POLL_M > EXPIRE_BY)); then EXPIRE_BY=$((now + 3 * POLL_M)); fi
+    # Idle CPU with the map at its largest: the sweeper walks it every second.
+    c0=$(cpu_ticks)
+    sleep 5
+    c1=$(cpu_ticks)
+    IDLE_CPU=$(awk -v d=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", 100 * d / hz / 5 }')
+
+    # ---- 7. expiry --------------------------------------------------------
+    phase_start "expiry wait (until ~$(( EXPIRE_BY - $(date +%s) )) s from now)"
+    deadline=$(( EXPIRE_BY + 120 ))
+    last_log=0
+    while :; do
+        left=$(metric streamcap_records)
+        [[ ${left:-1} == 0 ]] && break
+        now=$(date +%s)
+        ((now >= deadline)) && { log "expiry wait gave up with $left records left"; break; }
+        if ((now - last_log >= 60)); then
+            log "waiting for expiry: $left records left, ~$(( EXPIRE_BY - now )) s to the planned expiry"
+            last_log=$now
+        fi
+        sleep 5
+    done
+    settle 5
+    RSS_AFTER=$(rss)
+    RECORDS_AFTER=$(metric streamcap_records)
+fi
+phase end
+
+# ---- the table ---------------------------------------------------------------
+
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+RSS_BASE_FIRST=${RSS_BASE_A:-$RSS_BASE}
+TABLE=$WORK/table.md
+{
+    echo
+    echo "streamcap benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || echo ' + uncommitted changes')"
+    echo "RUNS=$RUNS DUR=${DUR}s WRK_CONNS=$WRK_CONNS PRELOAD=$PRELOAD RATE=$RATE RATE_SECS=$RATE_SECS MEM_STEPS='$MEM_STEPS' GROW=$GROW QUICK=$QUICK"
+    echo "load average before: $LOAD_START; after: $LOAD_END"
+    echo
+    echo "| metric | value | runs / detail | target | ok |"
+    echo "|---|---|---|---|---|"
+    echo "| baseline RSS (MiB) | $(mib "$RSS_BASE_FIRST") | dev mode, no sessions | | |"
+    echo "| preload $PRELOAD (sessions/s) | $PRELOAD_RATE | non-201 or i/o errors: $PRELOAD_BAD; poll $POLL_A s | | $(verdict "$PRELOAD_BAD" "==" 0) |"
+    echo "| RSS at $PRELOAD (MiB) / bytes per session | $(mib "$RSS_1") / $(per_session "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") | live $LIVE_1 | <= 100 B | $(bytes_verdict "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") |"
+    echo "| healthz, wrk -t1 -c$WRK_CONNS (req/s, median) | $HZ_MED | ${HZ[*]} | | |"
+    echo "| heartbeat, heartbeat.lua (req/s, median) | $HB_MED | ${HB[*]}; non-200: $HB_BAD | | $(verdict "$HB_BAD" "==" 0) |"
+    echo "| start, start.lua (req/s, median) | $ST_MED | ${ST[*]}; non-201: $ST_BAD | | $(verdict "$ST_BAD" "==" 0) |"
+    echo "| heartbeat / healthz | $HB_RATIO | per run: ${HB_RATIOS[*]} | >= 0.85 | $(verdict "$HB_RATIO" ">=" 0.85) |"
+    echo "| start / heartbeat | $ST_RATIO | per run: ${ST_RATIOS[*]} | >= 0.50 | $(verdict "$ST_RATIO" ">=" 0.50) |"
+    echo "| wrk socket errors (all runs) | $SOCK | | 0 | $(verdict "$SOCK" "==" 0) |"
+    echo "| fixed rate: achieved (req/s) | $(q .achieved_rps) | $(q .answered) of $(q .sent) answered in $(q .measured_secs) s at $RATE/s, $RATE_CONNS conns | $RATE | |"
+    echo "| fixed rate: latency p50 / p90 / p99.9 / max (ms) | $(q .p50_ms) / $(q .p90_ms) / $(q .p999_ms) / $(q .max_ms) | from intended send (CO-corrected); generator lag p99 $(q .send_lag_p99_ms) ms | | |"
+    echo "| fixed rate: p99 (ms) | $(q .p99_ms) | service time p99 $(q .service_p99_ms) ms; worst 1-s p99.9 $(q .worst_window_p999_ms) ms | < 5 | $(verdict "$(q .p99_ms)" "<" 5) |"
+    echo "| fixed rate: errors | $(q .errors) | non-2xx $(q .non_2xx), i/o $(q .io_errors), unanswered $(q .unanswered), not sent $(q .not_sent) | 0 | $(verdict "$(q .errors)" "==" 0) |"
+    if [[ $SKIP_MEMORY != 1 ]]; then
+        for m in "${MEM_ROWS[@]}"; do
+            IFS='|' read -r a b c d e <<<"$m"
+            echo "| $a | $b | $c | $d | $e |"
+        done
+        if [[ $GROW == 1 ]]; then
+            echo "| grow: worst 1-s heartbeat p99.9 (ms) | $GROW_WORST | $GROW_OVER of $GROW_WINDOWS windows above 20 ms; $GROW_RATE beats/s; generator send lag max in that window $GROW_WORST_LAG ms | <= 20 | $(verdict "$GROW_WORST" "<=" 20) |"
+        fi
+        echo "| idle CPU at $SESSIONS_MAX sessions (% of a core) | $IDLE_CPU | the sweeper walks the map every second | | |"
+        echo "| RSS after expiry (MiB) | $(mib "$RSS_AFTER") | baseline $(mib "$RSS_BASE") MiB; records left $RECORDS_AFTER; poll $POLL_M s | ~ baseline | |"
+    fi
+    echo
+    printf 'phases:'
+    for p in "${PHASE_ORDER[@]}"; do printf ' %s %ss;' "$p" "${PHASE_SECS[$p]:-?}"; done
+    printf ' total %ss\n' $(($(date +%s) - BENCH_START))
+} >"$TABLE"
+cat "$TABLE"
+if [[ -n ${OUT:-} ]]; then cp "$TABLE" "$OUT"; fi
+exit 0
