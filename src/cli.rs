@@ -6,6 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
@@ -209,6 +210,7 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
         let addr = public.local_addr().map_err(|e| e.to_string())?;
         let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(config = %config.summary(), "effective configuration");
+        warn_if_few_descriptors(config.max_connections);
         if config.dev_mode {
             tracing::warn!("DEV MODE: tenant \"demo\" and the server key use fixed, publicly known secrets");
             eprintln!("{}", dev_banner(addr));
@@ -220,6 +222,22 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Each connection needs a file descriptor: warn when the soft limit
+/// cannot hold `max_connections` (plus a margin for listeners and logs).
+fn warn_if_few_descriptors(max_connections: usize) {
+    let soft_limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse::<u64>().ok()
+    });
+    if let Some(limit) = soft_limit.filter(|l| *l < max_connections as u64 + 64) {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections,
+            "the open-files limit is below max_connections + 64: raise it (LimitNOFILE, ulimit -n)"
+        );
+    }
 }
 
 /// SIGHUP: load the configuration again and put it in force; a
@@ -236,10 +254,14 @@ async fn reload_on_hangup(server: Arc<Server>, overrides: Overrides, env_keys: O
                     tracing::warn!("listen, admin_listen and sweep_millis changes take effect at the next restart");
                 }
                 server.reload(&next);
+                server.metrics().reloads_ok.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(config = %next.summary(), "configuration reloaded");
                 current = next;
             }
-            Err(e) => tracing::error!(error = %e, "configuration reload refused; the previous one stays in force"),
+            Err(e) => {
+                server.metrics().reloads_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "configuration reload refused; the previous one stays in force");
+            }
         }
     }
 }

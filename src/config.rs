@@ -210,7 +210,7 @@ impl Config {
         format!(
             "listen={} admin_listen={} poll_secs={} min_poll_secs={} max_poll_secs={} ttl_factor={} \
              max_sessions={} max_connections={} idle_timeout_secs={} header_timeout_secs={} \
-             cors_origins={:?} sweep_millis={} server_key={} tenants={:?}",
+             cors_origins={:?} sweep_millis={} server_keys={:?} tenants={:?}",
             self.listen,
             self.admin_listen,
             c.poll.default,
@@ -223,7 +223,7 @@ impl Config {
             self.header_timeout.as_secs(),
             self.cors_origins,
             self.sweep_interval.as_millis(),
-            c.server_keys.signing().kid,
+            c.server_keys.kids().collect::<Vec<_>>(),
             tenants,
         )
     }
@@ -339,7 +339,7 @@ mod tests {
     fn summary_names_no_secret() {
         let c = Config::build(file(&full()), &Overrides::default(), None, false).unwrap();
         let s = c.summary();
-        assert!(s.contains("acme") && s.contains("server_key=s1"));
+        assert!(s.contains("acme") && s.contains(r#"server_keys=["s1"]"#), "{s}");
         assert!(!s.contains(KEY_A));
     }
 }

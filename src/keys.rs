@@ -93,6 +93,11 @@ impl KeyRing {
         &self.keys[0]
     }
 
+    /// Key ids, the signing one first.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| &*k.kid)
+    }
+
     pub fn find(&self, kid: &str) -> Option<&Key> {
         self.keys.iter().find(|k| &*k.kid == kid)
     }

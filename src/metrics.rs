@@ -89,6 +89,11 @@ pub struct Metrics {
     requests: [[AtomicU64; STATUSES.len()]; 6],
     pub connections_open: AtomicU64,
     pub connections_refused: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_refused: AtomicU64,
+    // Configured bounds, set at start and on reload, so alerts need not repeat them.
+    pub max_sessions: AtomicU64,
+    pub max_connections: AtomicU64,
     // Gauges refreshed by the sweeper.
     pub live_sessions: AtomicU64,
     pub users: AtomicU64,
@@ -222,6 +227,16 @@ impl Collector for Metrics {
             "streamcap_connections_refused",
             "Connections refused at max_connections.",
             get(&self.connections_refused),
+        )?;
+        gauge(&mut e, "streamcap_max_connections", "Configured max_connections.", get(&self.max_connections) as i64)?;
+        gauge(&mut e, "streamcap_max_sessions", "Configured max_sessions.", get(&self.max_sessions) as i64)?;
+        counter_family(
+            &mut e,
+            "streamcap_config_reloads",
+            "Configuration reloads (SIGHUP), by result.",
+            [("ok", get(&self.reloads_ok)), ("refused", get(&self.reloads_refused))]
+                .into_iter()
+                .map(|(result, v)| (vec![("result", result)], v)),
         )?;
         gauge(&mut e, "process_resident_memory_bytes", "Resident set size of this process.", resident_bytes() as i64)?;
         Ok(())

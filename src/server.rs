@@ -42,9 +42,14 @@ pub struct Server {
 impl Server {
     pub fn new(config: &Config) -> io::Result<Server> {
         let metrics = Arc::new(Metrics::default());
+        publish_bounds(&metrics, config);
         let limiter = Limiter::new(config.core.clone(), metrics).map_err(io::Error::other)?;
         let api = Arc::new(Api { limiter, edge: ArcSwap::from_pointee(Edge::new(config)) });
         Ok(Server { api, sweep_interval: config.sweep_interval })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.api.limiter.metrics()
     }
 
     /// Puts a new configuration in force without dropping a session or a
@@ -53,6 +58,7 @@ impl Server {
     pub fn reload(&self, config: &Config) {
         self.api.limiter.reload(config.core.clone());
         self.api.edge.store(Arc::new(Edge::new(config)));
+        publish_bounds(self.metrics(), config);
     }
 
     /// Serves on bound listeners until `shutdown` resolves, then stops
@@ -67,6 +73,11 @@ impl Server {
         let _ = stop_tx.send(true);
         let _ = tokio::join!(public_task, admin_task, sweeper);
     }
+}
+
+fn publish_bounds(metrics: &Metrics, config: &Config) {
+    metrics.max_sessions.store(config.core.max_sessions, Ordering::Relaxed);
+    metrics.max_connections.store(config.max_connections as u64, Ordering::Relaxed);
 }
 
 /// Runs a server for `config` on bound listeners until `shutdown` resolves.
