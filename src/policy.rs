@@ -494,6 +494,29 @@ pub fn live(current: &[Slot], policy: Policy, now: u64) -> (usize, Vec<Session>)
     (active, sessions)
 }
 
+/// One user's records from two copies of the store (see `Store::sweep`):
+/// every id of either, a stop winning over a live copy, else the later expiry.
+pub fn merge(mine: &[Slot], theirs: &[Slot]) -> Box<[Slot]> {
+    let mut out: Vec<Slot> = mine.to_vec();
+    for t in theirs {
+        match out.iter_mut().find(|m| m.id() == t.id()) {
+            None => out.push(t.clone()),
+            Some(m) => {
+                let take = match (&*m, t) {
+                    (Slot::Live(_), Slot::Stopped(_)) => true,
+                    (Slot::Live(a), Slot::Live(b)) => b.expires_ms > a.expires_ms,
+                    (Slot::Stopped(a), Slot::Stopped(b)) => b.until_ms > a.until_ms,
+                    (Slot::Stopped(_), Slot::Live(_)) => false,
+                };
+                if take {
+                    *m = t.clone();
+                }
+            }
+        }
+    }
+    out.into_boxed_slice()
+}
+
 /// Records left once everything due at `now` is dropped; `None` if none changed.
 pub fn prune(current: &[Slot], now: u64) -> Option<(Box<[Slot]>, usize)> {
     if !current.iter().any(|s| s.is_expired(now)) {

@@ -5,8 +5,10 @@
 //! slot. The closure may run more than once under contention: it only
 //! computes, and counters are bumped from the final result.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use papaya::{Compute, HashMap, Operation, ResizeMode};
 
 use crate::policy::{self, Admission, Beat, BeatOutcome, Refusal, Session, Slot, Stop, StopOutcome, Tombstone};
@@ -18,9 +20,23 @@ use crate::wire::{Policy, SessionId};
 pub struct UserKey(u128);
 
 type Records = Box<[Slot]>;
+type Map = HashMap<UserKey, Records, ahash::RandomState>;
+
+/// papaya never shrinks its table on removals, so once a large map has
+/// emptied, the sweeper swaps in a fresh one (see [`Store::sweep`]).
+const COMPACT_AFTER_USERS: usize = 4096;
+/// How long a retired map is kept before what was written to it during the
+/// swap is merged into the current one: far longer than any store operation.
+const RETIRE_GRACE_MS: u64 = 1000;
 
 pub struct Store {
-    map: HashMap<UserKey, Records, ahash::RandomState>,
+    /// Swapped only by the sweeper, when empty; requests read it lock-free.
+    map: ArcSwap<Map>,
+    /// A map swapped out by the sweeper, and when, until its grace is over.
+    retired: Mutex<Option<(Arc<Map>, u64)>>,
+    /// Most users the current map has held.
+    peak_users: AtomicUsize,
+    capacity: usize,
     /// Records held (live, expired-but-unswept and tombstones): the capacity bound.
     records: AtomicI64,
     hash_key: [u8; 32],
@@ -75,12 +91,14 @@ pub struct Swept {
 impl Store {
     /// A store sized for `capacity` users; `hash_key` keys the user hash.
     pub fn new(capacity: usize, hash_key: [u8; 32]) -> Store {
-        let map = HashMap::builder()
-            .hasher(ahash::RandomState::new())
-            .capacity(capacity)
-            .resize_mode(ResizeMode::Incremental(64))
-            .build();
-        Store { map, records: AtomicI64::new(0), hash_key }
+        Store {
+            map: ArcSwap::from_pointee(new_map(capacity)),
+            retired: Mutex::new(None),
+            peak_users: AtomicUsize::new(0),
+            capacity,
+            records: AtomicI64::new(0),
+            hash_key,
+        }
     }
 
     pub fn user_key(&self, tenant: &str, user: &str) -> UserKey {
@@ -102,9 +120,19 @@ impl Store {
     /// Runs `rule` on `user`'s records as one atomic step. `rule` returns the
     /// new records (or `None` to leave them untouched) and stores what the
     /// caller needs in `out`; it may run several times, the last run counts.
-    fn update<T>(&self, user: UserKey, mut rule: impl FnMut(&[Slot]) -> (Option<Records>, T)) -> T {
+    fn update<T>(&self, user: UserKey, rule: impl FnMut(&[Slot]) -> (Option<Records>, T)) -> T {
+        let map = self.map.load();
+        Self::update_in(&map, &self.records, user, rule)
+    }
+
+    fn update_in<T>(
+        map: &Map,
+        records: &AtomicI64,
+        user: UserKey,
+        mut rule: impl FnMut(&[Slot]) -> (Option<Records>, T),
+    ) -> T {
         let mut out = None;
-        let map = self.map.pin();
+        let map = map.pin();
         let result = map.compute(user, |entry| {
             let current = entry.map_or(&[][..], |(_, v)| &v[..]);
             let (next, t) = rule(current);
@@ -125,7 +153,7 @@ impl Store {
             Compute::Aborted(()) => 0,
         };
         if delta != 0 {
-            self.records.fetch_add(delta, Ordering::Relaxed);
+            records.fetch_add(delta, Ordering::Relaxed);
         }
         // `compute` runs the closure at least once.
         out.expect("compute ran the rule")
@@ -166,30 +194,87 @@ impl Store {
 
     /// Live sessions oldest first and the units they count as (read only).
     pub fn live(&self, user: UserKey, policy: Policy, now: u64) -> (usize, Vec<Session>) {
-        let map = self.map.pin();
+        let map = self.map.load();
+        let map = map.pin();
         map.get(&user).map_or((0, Vec::new()), |slots| policy::live(slots, policy, now))
     }
 
-    /// Drops everything due at `now` and counts what is left. Safe against
-    /// concurrent requests: each user is pruned by its own atomic step.
+    /// Drops everything due at `now` and counts what is left, in one pass.
+    /// Safe against concurrent requests: each user is pruned by its own
+    /// atomic step. Once a large map is empty, swaps in a fresh one so its
+    /// table's memory goes back (papaya only shrinks while inserting).
     pub fn sweep(&self, now: u64) -> Swept {
+        self.merge_retired(now);
         let mut swept = Swept::default();
-        let map = self.map.pin();
+        let current = self.map.load_full();
+        let map = current.pin();
         for (user, slots) in map.iter() {
-            if slots.iter().any(|s| s.is_expired(now)) {
-                swept.expired += self.update(*user, |current| match policy::prune(current, now) {
-                    Some((slots, expired)) => (Some(slots), expired),
-                    None => (None, 0),
+            let kept = if slots.iter().any(|s| s.is_expired(now)) {
+                let (expired, kept) = self.update(*user, |current| match policy::prune(current, now) {
+                    Some((slots, expired)) => {
+                        let kept = count(&slots, now);
+                        (Some(slots), (expired, kept))
+                    }
+                    None => (None, (0, count(current, now))),
                 });
+                swept.expired += expired;
+                kept
+            } else {
+                count(slots, now)
+            };
+            if kept.0 > 0 {
+                swept.users += 1;
+                swept.records += kept.0;
+                swept.live += kept.1;
             }
         }
-        for (_, slots) in map.iter() {
-            swept.users += 1;
-            swept.records += slots.len();
-            swept.live += slots.iter().filter(|s| matches!(s, Slot::Live(l) if l.expires_ms > now)).count();
+        drop(map);
+        let peak = self.peak_users.fetch_max(swept.users, Ordering::Relaxed).max(swept.users);
+        if swept.users == 0 && peak >= COMPACT_AFTER_USERS {
+            self.retire(current, now);
         }
         swept
     }
+
+    fn retire(&self, current: Arc<Map>, now: u64) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        if retired.is_none() {
+            self.map.store(Arc::new(new_map(self.capacity)));
+            self.peak_users.store(0, Ordering::Relaxed);
+            *retired = Some((current, now));
+        }
+    }
+
+    /// Moves whatever requests wrote to the retired map while it was being
+    /// swapped out into the current map, once no request can still hold it.
+    fn merge_retired(&self, now: u64) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let due = retired.as_ref().is_some_and(|(_, at)| now >= at + RETIRE_GRACE_MS);
+        if !due {
+            return;
+        }
+        if let Some((old, _)) = retired.take() {
+            let current = self.map.load();
+            for (user, slots) in old.pin().iter() {
+                self.records.fetch_sub(slots.len() as i64, Ordering::Relaxed);
+                Self::update_in(&current, &self.records, *user, |mine| (Some(policy::merge(mine, slots)), ()));
+            }
+        }
+    }
+}
+
+fn new_map(capacity: usize) -> Map {
+    HashMap::builder()
+        .hasher(ahash::RandomState::new())
+        .capacity(capacity)
+        .resize_mode(ResizeMode::Incremental(64))
+        .build()
+}
+
+/// (records, live sessions) of one user at `now`.
+fn count(slots: &[Slot], now: u64) -> (usize, usize) {
+    let live = slots.iter().filter(|s| matches!(s, Slot::Live(l) if l.expires_ms > now)).count();
+    (slots.len(), live)
 }
 
 #[cfg(test)]
@@ -241,6 +326,30 @@ mod tests {
         assert_eq!(store.sweep(200_000), Swept { users: 1, live: 0, records: 1, expired: 0 });
         assert_eq!(store.sweep(200_001), Swept { users: 0, live: 0, records: 0, expired: 0 });
         assert_eq!(store.records(), 0);
+    }
+
+    #[test]
+    fn an_emptied_map_is_replaced_and_late_writes_are_kept() {
+        let store = Store::new(16, [1; 32]);
+        let users: Vec<UserKey> = (0..COMPACT_AFTER_USERS).map(|i| store.user_key("acme", &i.to_string())).collect();
+        for (i, u) in users.iter().enumerate() {
+            store.admit(*u, &admission(i as u64, 0, 1), 0).unwrap();
+        }
+        let before = Arc::as_ptr(&store.map.load_full());
+        assert_eq!(store.sweep(1).users, COMPACT_AFTER_USERS);
+        assert_eq!(store.sweep(100_000).users, 0, "all expired");
+        assert_ne!(Arc::as_ptr(&store.map.load_full()), before, "a fresh map replaced the emptied one");
+
+        // A write that raced the swap lands in the retired map; it is merged back.
+        let late = store.user_key("acme", "late");
+        let retired = store.retired.lock().unwrap().as_ref().unwrap().0.clone();
+        Store::update_in(&retired, &store.records, late, |_| {
+            (Some(vec![Slot::Live(admission(7, 100_000, 1).session)].into_boxed_slice()), ())
+        });
+        store.admit(late, &admission(8, 100_000, 2), 100_000).unwrap();
+        assert_eq!(store.sweep(100_000 + RETIRE_GRACE_MS), Swept { users: 1, live: 2, records: 2, expired: 0 });
+        assert_eq!(store.records(), 2);
+        assert!(store.retired.lock().unwrap().is_none());
     }
 
     #[test]
