@@ -218,20 +218,21 @@ impl AsyncWrite for TimedIo {
 /// until the blank line that ends it. Heads that arrive while an earlier
 /// request is being served (pipelining) are not scanned; hyper still
 /// handles them, merging equal repeated lengths and refusing unequal ones.
+/// Works a line at a time (`memchr` finds the line ends), not a byte at a time.
 #[derive(Debug)]
 struct HeadScan {
     /// Still inside the head.
     active: bool,
-    /// Bytes of the current line so far, not counting CR.
-    line_len: usize,
-    /// Bytes of the current line that match the header name; `None` once it cannot.
+    /// The current line holds nothing but CR so far.
+    blank: bool,
+    /// Bytes of the header name matched so far; `None` once the line cannot match.
     matched: Option<usize>,
     lengths: u8,
 }
 
 impl Default for HeadScan {
     fn default() -> HeadScan {
-        HeadScan { active: true, line_len: 0, matched: Some(0), lengths: 0 }
+        HeadScan { active: true, blank: true, matched: Some(0), lengths: 0 }
     }
 }
 
@@ -239,35 +240,42 @@ const CONTENT_LENGTH: &[u8] = b"content-length:";
 
 impl HeadScan {
     /// Feeds bytes; returns true once a head with two or more lengths ends.
-    fn feed(&mut self, bytes: &[u8]) -> bool {
-        for &b in bytes {
-            if !self.active {
-                return false;
-            }
-            match b {
-                b'\r' => {}
-                b'\n' if self.line_len == 0 => {
-                    self.active = false;
-                    return self.lengths >= 2;
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while self.active && !bytes.is_empty() {
+            match memchr::memchr(b'\n', bytes) {
+                None => {
+                    self.line_part(bytes);
+                    return false;
                 }
-                b'\n' => (self.line_len, self.matched) = (0, Some(0)),
-                _ => {
-                    self.line_len += 1;
-                    self.matched = match self.matched {
-                        Some(n) if CONTENT_LENGTH[n] == b.to_ascii_lowercase() => {
-                            if n + 1 == CONTENT_LENGTH.len() {
-                                self.lengths = self.lengths.saturating_add(1);
-                                None
-                            } else {
-                                Some(n + 1)
-                            }
-                        }
-                        _ => None,
-                    };
+                Some(end) => {
+                    self.line_part(&bytes[..end]);
+                    bytes = &bytes[end + 1..];
+                    if self.blank {
+                        self.active = false;
+                        return self.lengths >= 2;
+                    }
+                    (self.blank, self.matched) = (true, Some(0));
                 }
             }
         }
         false
+    }
+
+    /// Takes the next piece of the current line (without its `\n`).
+    fn line_part(&mut self, part: &[u8]) {
+        self.blank = self.blank && part.iter().all(|&b| b == b'\r');
+        if let Some(done) = self.matched {
+            let want = &CONTENT_LENGTH[done..];
+            let n = want.len().min(part.len());
+            self.matched = if !part[..n].eq_ignore_ascii_case(&want[..n]) {
+                None
+            } else if n == want.len() {
+                self.lengths = self.lengths.saturating_add(1);
+                None
+            } else {
+                Some(done + n)
+            };
+        }
     }
 }
 

@@ -149,12 +149,14 @@ fn close(mut r: Reply) -> Reply {
 
 pub fn json(status: StatusCode, body: &impl Serialize) -> Reply {
     // Our bodies are plain structs of strings and numbers: serialising cannot fail.
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    json_bytes(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -287,7 +289,7 @@ fn answer(api: &Api, parts: &http::request::Parts, path: Option<Path<'_>>) -> Re
                 poll_after: r.poll_after,
                 expires_at: wire::unix_secs(r.expires_ms),
             };
-            Ok(json(StatusCode::OK, &body))
+            Ok(json_bytes(StatusCode::OK, body.to_json()))
         }
         (&Method::DELETE, Path::Session(user, id)) => {
             limiter.stop(checked_user(user)?, session_id(id)?, bearer(&parts.headers), now)?;

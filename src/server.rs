@@ -192,7 +192,7 @@ async fn accept_admin(listener: TcpListener, api: Arc<Api>, mut stop: watch::Rec
 }
 
 /// The sweeper: every `every`, or less often when the map is so large that
-/// a pass would otherwise take more than about 5% of one core.
+/// a pass would otherwise take more than about 2% of one core.
 async fn sweep_loop(api: Arc<Api>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut wait = Duration::ZERO;
     loop {
@@ -203,7 +203,7 @@ async fn sweep_loop(api: Arc<Api>, every: Duration, mut stop: watch::Receiver<bo
                 let began = std::time::Instant::now();
                 // A sweep walks the whole map: keep it off the request workers.
                 let _ = tokio::task::spawn_blocking(move || api.limiter.sweep(now_ms())).await;
-                wait = every.max(began.elapsed() * 19);
+                wait = every.max(began.elapsed() * 49);
             }
         }
     }

@@ -263,11 +263,19 @@ impl Store {
     }
 }
 
+/// Every update retires the entry it replaces; the collector frees retired
+/// entries in batches, each costing a process-wide memory barrier (an
+/// interrupt to every core). A batch of 512 instead of the default 32 makes
+/// that cost vanish from the heartbeat profile for ~100 KiB of garbage per
+/// thread.
+const RETIRE_BATCH: usize = 512;
+
 fn new_map(capacity: usize) -> Map {
     HashMap::builder()
         .hasher(ahash::RandomState::new())
         .capacity(capacity)
         .resize_mode(ResizeMode::Incremental(64))
+        .collector(seize::Collector::new().batch_size(RETIRE_BATCH))
         .build()
 }
 
