@@ -11,7 +11,8 @@
 #   3. preload PRELOAD sessions (1M; users hold 1, 2, 3 sessions: 2 on average);
 #      RSS and bytes/session at 1M;
 #   4. RUNS times (interleaved, medians reported): wrk -t1 -c64 -d${DUR}s on
-#      /healthz (admin port: the trivial-route baseline), on heartbeats
+#      /healthz (admin port: the trivial-route baseline, wrk/healthz.lua so that
+#      every route pays the same wrk Lua-mode cost), on heartbeats
 #      (wrk/heartbeat.lua over the 1M sessions' tokens) and on starts
 #      (wrk/start.lua over fresh users' grants, a new file each run; starts add
 #      sessions); ratios heartbeat/healthz (target >= 0.85), start/heartbeat (>= 0.50);
@@ -102,6 +103,7 @@ KEEP=${KEEP:-0}
 SERVER_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/streamcap
 DRIVER_BIN=${CARGO_TARGET_DIR:-$ROOT/loadtest/driver/target}/release/streamcap-driver
 HEARTBEAT_LUA=$ROOT/loadtest/wrk/heartbeat.lua
+HEALTHZ_LUA=$ROOT/loadtest/wrk/healthz.lua
 START_LUA=$ROOT/loadtest/wrk/start.lua
 
 if [[ -n ${WORKDIR:-} ]]; then
@@ -301,7 +303,7 @@ for r in $(seq "$RUNS"); do
 done
 HZ=() HB=() ST=() HB_BAD=0 ST_BAD=0 SOCK=0
 for r in $(seq "$RUNS"); do
-    wrk_run healthz "http://127.0.0.1:$ADMIN/healthz"
+    wrk_run healthz -s "$HEALTHZ_LUA" "http://127.0.0.1:$ADMIN"
     HZ+=("$WRK_RPS") SOCK=$((SOCK + WRK_SOCK))
     wrk_run heartbeat -s "$HEARTBEAT_LUA" "http://$ADDR" -- "$WORK/tokens.tsv"
     HB+=("$WRK_RPS") HB_BAD=$((HB_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK))
