@@ -312,7 +312,12 @@ impl Limiter {
 
     /// One pass of the background sweeper (SPEC §7).
     pub fn sweep(&self, now: u64) -> Swept {
-        let swept = self.store.sweep(now);
+        self.sweep_paced(now, &mut || {})
+    }
+
+    /// [`Limiter::sweep`], pausing as [`Store::sweep_paced`] does.
+    pub fn sweep_paced(&self, now: u64, pause: &mut dyn FnMut()) -> Swept {
+        let swept = self.store.sweep_paced(now, pause);
         let m = &self.metrics;
         m.expiries.fetch_add(swept.expired as u64, Ordering::Relaxed);
         m.live_sessions.store(swept.live as u64, Ordering::Relaxed);

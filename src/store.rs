@@ -25,6 +25,8 @@ type Map = HashMap<UserKey, Records, ahash::RandomState>;
 /// papaya never shrinks its table on removals, so once a large map has
 /// emptied, the sweeper swaps in a fresh one (see [`Store::sweep`]).
 const COMPACT_AFTER_USERS: usize = 4096;
+/// Users swept between two pauses of a paced sweep (~50 µs of work).
+pub const SWEEP_CHUNK: usize = 512;
 /// How long a retired map is kept before what was written to it during the
 /// swap is merged into the current one: far longer than any store operation.
 const RETIRE_GRACE_MS: u64 = 1000;
@@ -204,11 +206,21 @@ impl Store {
     /// atomic step. Once a large map is empty, swaps in a fresh one so its
     /// table's memory goes back (papaya only shrinks while inserting).
     pub fn sweep(&self, now: u64) -> Swept {
+        self.sweep_paced(now, &mut || {})
+    }
+
+    /// [`Store::sweep`], calling `pause` after every `SWEEP_CHUNK` users so
+    /// that a pass over a large map can yield the CPU in small steps instead
+    /// of holding a core for tens of milliseconds.
+    pub fn sweep_paced(&self, now: u64, pause: &mut dyn FnMut()) -> Swept {
         self.merge_retired(now);
         let mut swept = Swept::default();
         let current = self.map.load_full();
         let map = current.pin();
-        for (user, slots) in map.iter() {
+        for (i, (user, slots)) in map.iter().enumerate() {
+            if i % SWEEP_CHUNK == SWEEP_CHUNK - 1 {
+                pause();
+            }
             let kept = if slots.iter().any(|s| s.is_expired(now)) {
                 let (expired, kept) = self.update(*user, |current| match policy::prune(current, now) {
                     Some((slots, expired)) => {
