@@ -13,8 +13,8 @@
 #   4. RUNS times (interleaved, medians reported): wrk -t1 -c64 -d${DUR}s on
 #      /healthz (admin port: the trivial-route baseline, wrk/healthz.lua so that
 #      every route pays the same wrk Lua-mode cost), on heartbeats
-#      (wrk/heartbeat.lua over the 1M sessions' tokens) and on starts
-#      (wrk/start.lua over fresh users' grants, a new file each run; starts add
+#      (wrk/post.lua over the 1M sessions' tokens) and on starts
+#      (wrk/post.lua over fresh users' grants, a new file each run; starts add
 #      sessions); ratios heartbeat/healthz (target >= 0.85), start/heartbeat (>= 0.50);
 #   5. fixed-rate heartbeats, open model: RATE/s for RATE_SECS s after
 #      RATE_WARMUP s, latency from each request's intended send time
@@ -102,9 +102,8 @@ KEEP=${KEEP:-0}
 
 SERVER_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/streamcap
 DRIVER_BIN=${CARGO_TARGET_DIR:-$ROOT/loadtest/driver/target}/release/streamcap-driver
-HEARTBEAT_LUA=$ROOT/loadtest/wrk/heartbeat.lua
+POST_LUA=$ROOT/loadtest/wrk/post.lua
 HEALTHZ_LUA=$ROOT/loadtest/wrk/healthz.lua
-START_LUA=$ROOT/loadtest/wrk/start.lua
 
 if [[ -n ${WORKDIR:-} ]]; then
     WORK=$WORKDIR
@@ -305,9 +304,9 @@ HZ=() HB=() ST=() HB_BAD=0 ST_BAD=0 SOCK=0
 for r in $(seq "$RUNS"); do
     wrk_run healthz -s "$HEALTHZ_LUA" "http://127.0.0.1:$ADMIN"
     HZ+=("$WRK_RPS") SOCK=$((SOCK + WRK_SOCK))
-    wrk_run heartbeat -s "$HEARTBEAT_LUA" "http://$ADDR" -- "$WORK/tokens.tsv"
+    wrk_run heartbeat -s "$POST_LUA" "http://$ADDR" -- "$WORK/tokens.tsv"
     HB+=("$WRK_RPS") HB_BAD=$((HB_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK))
-    wrk_run start -s "$START_LUA" "http://$ADDR" -- "$WORK/grants-$r.tsv"
+    wrk_run start -s "$POST_LUA" "http://$ADDR" -- "$WORK/grants-$r.tsv"
     ST+=("$WRK_RPS") ST_BAD=$((ST_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK))
     log "run $r: healthz ${HZ[-1]}/s, heartbeat ${HB[-1]}/s, start ${ST[-1]}/s"
 done
@@ -465,8 +464,8 @@ TABLE=$WORK/table.md
     echo "| preload $PRELOAD (sessions/s) | $PRELOAD_RATE | non-201 or i/o errors: $PRELOAD_BAD; poll $POLL_A s | | $(verdict "$PRELOAD_BAD" "==" 0) |"
     echo "| RSS at $PRELOAD (MiB) / bytes per session | $(mib "$RSS_1") / $(per_session "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") | live $LIVE_1 | <= 100 B | $(bytes_verdict "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") |"
     echo "| healthz, wrk -t1 -c$WRK_CONNS (req/s, median) | $HZ_MED | ${HZ[*]} | | |"
-    echo "| heartbeat, heartbeat.lua (req/s, median) | $HB_MED | ${HB[*]}; non-200: $HB_BAD | | $(verdict "$HB_BAD" "==" 0) |"
-    echo "| start, start.lua (req/s, median) | $ST_MED | ${ST[*]}; non-201: $ST_BAD | | $(verdict "$ST_BAD" "==" 0) |"
+    echo "| heartbeat, post.lua over tokens (req/s, median) | $HB_MED | ${HB[*]}; non-200: $HB_BAD | | $(verdict "$HB_BAD" "==" 0) |"
+    echo "| start, post.lua over grants (req/s, median) | $ST_MED | ${ST[*]}; non-201: $ST_BAD | | $(verdict "$ST_BAD" "==" 0) |"
     echo "| heartbeat / healthz | $HB_RATIO | per run: ${HB_RATIOS[*]} | >= 0.85 | $(verdict "$HB_RATIO" ">=" 0.85) |"
     echo "| start / heartbeat | $ST_RATIO | per run: ${ST_RATIOS[*]} | >= 0.50 | $(verdict "$ST_RATIO" ">=" 0.50) |"
     echo "| wrk socket errors (all runs) | $SOCK | | 0 | $(verdict "$SOCK" "==" 0) |"

@@ -1,5 +1,5 @@
--- wrk script: GET /healthz through a request() callback, as heartbeat.lua
--- and start.lua issue theirs, so the trivial-route baseline pays the same
+-- wrk script: GET /healthz through a request() callback, as post.lua issues
+-- its requests, so the trivial-route baseline pays the same
 -- load-generator cost per request (wrk's Lua mode costs it 5-10% on this
 -- route compared with its static request).
 --

@@ -1,24 +1,29 @@
--- wrk script: streamcap heartbeats, round-robin over prepared targets.
+-- wrk script: body-less POSTs round-robin over prepared targets: streamcap
+-- heartbeats (over lease tokens) or starts (over fresh users' grants).
 --
---   wrk -t1 -c64 -d10s -s loadtest/wrk/heartbeat.lua http://127.0.0.1:PORT -- TOKENS [count]
+--   wrk -t1 -c64 -d10s -s loadtest/wrk/post.lua http://127.0.0.1:PORT -- TARGETS [count]
 --
--- TOKENS has one line per session, "path<TAB>Authorization value", as written by
---   streamcap-driver preload --tokens-out TOKENS
--- (the path is /v1/users/{user}/sessions/{id}/heartbeat, the value "Bearer <lease token>").
--- Each request is a body-less POST; tokens are reused (a lease token stays
--- valid until its expiry, 3 x poll), so the file only has to outlive the run.
+-- TARGETS has one line per request target, "path<TAB>Authorization value", as
+-- written by streamcap-driver preload:
+--   --tokens-out FILE: /v1/users/{user}/sessions/{id}/heartbeat and "Bearer <lease
+--     token>". Tokens are reused (a lease token stays valid until its expiry,
+--     3 x poll), so the file only has to outlive the run.
+--   --grants-out FILE --grants M (with --sessions 0 for grants only):
+--     /v1/users/{user}/sessions and "Bearer <grant>" of fresh users (limit 3).
+--     Every start creates a session; when a run sends more than M starts the
+--     list wraps and users start their 2nd and 3rd sessions, a 4th would get
+--     409, so give M >= starts / 3 (bench.sh writes a fresh file per run).
 --
--- Non-200 answers: a heartbeat's only success is 200 and its failures are all
--- >= 400, so wrk's own count of status > 399 (summary.errors.status, also
--- printed as "Non-2xx or 3xx responses") is the exact number of non-200
--- answers; done() prints it. That costs nothing per request. With the extra
--- argument "count", a response() callback also counts answers by status;
--- wrk then parses every header and body, which costs throughput (see
--- loadtest/driver/README.md), so the benchmark does not use it.
+-- Failures of both routes are all >= 400, so wrk's own count of status > 399
+-- (summary.errors.status, printed as "Non-2xx or 3xx responses") is the exact
+-- number of failed answers; done() prints it. That costs nothing per request.
+-- With the extra argument "count", a response() callback also counts answers
+-- by status; wrk then parses every header and body, which costs throughput
+-- (see loadtest/driver/README.md), so the benchmark does not use it.
 --
 -- Every request string is built once at init; request() only picks the next
 -- one. With -tN each thread starts at its own offset (thread i at i/16 of the
--- file), so threads do not send the same token in lockstep.
+-- file), so threads do not send the same target in lockstep.
 
 local threads = {}
 local thread_count = 0
@@ -37,7 +42,7 @@ statuses = {}
 local function load(file)
    local f, err = io.open(file, "r")
    if not f then
-      error("heartbeat.lua: cannot open targets file: " .. tostring(err))
+      error("post.lua: cannot open targets file: " .. tostring(err))
    end
    -- The request is assembled by hand (what wrk.format would build, ~3x
    -- faster to load a million lines); wrk.headers.Host is wrk's own Host.
@@ -60,14 +65,14 @@ local function load(file)
    f:close()
    collectgarbage("restart")
    if n == 0 then
-      error("heartbeat.lua: no targets in " .. file)
+      error("post.lua: no targets in " .. file)
    end
 end
 
 function init(args)
    local file = args[1] or os.getenv("TARGETS")
    if not file then
-      error("heartbeat.lua: pass the targets file after --, e.g. -- tokens.tsv")
+      error("post.lua: pass the targets file after --, e.g. -- tokens.tsv")
    end
    load(file)
    i = math.floor(n * (thread_index or 0) / 16) % n
