@@ -92,7 +92,7 @@ function request()
 end
 
 function done(summary, latency, requests)
-   io.write(string.format("non-200 answers: %d\n", summary.errors.status))
+   io.write(string.format("failed answers (status >= 400): %d\n", summary.errors.status))
    local totals, counted = {}, false
    for _, thread in ipairs(threads) do
       for status, count in pairs(thread:get("statuses") or {}) do
