@@ -189,8 +189,10 @@ fn validate(c: GrantClaims<'_>, tenant: &Tenant, bounds: PollBounds, now_ms: u64
         policy,
         group,
         device: c.device.map(boxed),
-        label: c.label.map(boxed),
-        content: c.content.map(boxed),
+        // An empty display text is the same as none: lists show `null`,
+        // before and after a session is rebuilt from its token.
+        label: c.label.filter(|l| !l.is_empty()).map(boxed),
+        content: c.content.filter(|l| !l.is_empty()).map(boxed),
         poll_secs: bounds.clamp(c.poll),
     })
 }

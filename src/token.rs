@@ -64,6 +64,13 @@ impl LeaseClaims<'_> {
     /// `label`) are shortened in the token when needed to keep it within
     /// 512 bytes; `None` if the identifying fields alone do not fit.
     pub fn mint(&self, key: &Key) -> Option<String> {
+        // Each string's length is one byte and the limits two: refuse what
+        // the layout cannot carry rather than sign something else.
+        let strs = [Some(self.tenant), Some(self.user), self.group.map(|g| g.0), self.device, self.label, self.content];
+        let numbers = [self.limit, self.group.map_or(0, |g| g.1), self.poll_secs];
+        if strs.iter().flatten().any(|s| s.len() > u8::MAX as usize) || numbers.iter().any(|n| *n > u16::MAX as u32) {
+            return None;
+        }
         let budget = (wire::MAX_TOKEN_LEN - PREFIX.len() - key.kid.len() - 2 - MAC_B64_LEN) * 3 / 4;
         let mut claims = *self;
         let over = self.payload_len().saturating_sub(budget);
@@ -101,7 +108,7 @@ impl LeaseClaims<'_> {
         w.put(&self.expires_ms.to_le_bytes());
         w.put(&(self.limit as u16).to_le_bytes());
         w.put(&(self.group.map_or(0, |g| g.1) as u16).to_le_bytes());
-        w.put(&(self.poll_secs.min(u16::MAX as u32) as u16).to_le_bytes());
+        w.put(&(self.poll_secs as u16).to_le_bytes());
         for s in [Some(self.tenant), Some(self.user), self.group.map(|g| g.0), self.device, self.label, self.content]
             .into_iter()
             .flatten()
