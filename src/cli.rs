@@ -202,11 +202,8 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
     let config = Config::load(&args.settings, env_keys.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let bind = |addr: SocketAddr| async move {
-            tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
-        };
-        let public = bind(config.listen).await?;
-        let admin = bind(config.admin_listen).await?;
+        let public = listen(config.listen)?;
+        let admin = listen(config.admin_listen)?;
         let addr = public.local_addr().map_err(|e| e.to_string())?;
         let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(config = %config.summary(), "effective configuration");
@@ -222,6 +219,20 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Pending connections the kernel queues for `accept` (it caps this at
+/// `net.core.somaxconn`). The default of 128 drops SYNs in a reconnect storm
+/// after a failover or a restart, and those clients wait a second or more.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+    let fail = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
+    let socket = socket.map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(addr).map_err(fail)?;
+    socket.listen(LISTEN_BACKLOG).map_err(fail)
 }
 
 /// Each connection needs a file descriptor: warn when the soft limit
