@@ -102,7 +102,10 @@ fn main() {
                 "",
             ),
         ),
-        ("body", req("POST", &format!("/v1/users/{user}/sessions"), Some(grant), "Content-Type: application/json\r\n", "{}")),
+        (
+            "body",
+            req("POST", &format!("/v1/users/{user}/sessions"), Some(grant), "Content-Type: application/json\r\n", "{}"),
+        ),
         (
             "chunked",
             format!(
@@ -111,7 +114,10 @@ fn main() {
         ),
         ("dup-length", req("POST", "/v1/users/fz/sessions", None, "Content-Length: 0\r\nContent-Length: 0\r\n", "")),
         ("bad-length", req("POST", "/v1/users/fz/sessions", None, "Content-Length: -1\r\n", "")),
-        ("expect", req("POST", "/v1/users/fz/sessions", Some(grant), "Expect: 100-continue\r\nContent-Length: 2\r\n", "")),
+        (
+            "expect",
+            req("POST", "/v1/users/fz/sessions", Some(grant), "Expect: 100-continue\r\nContent-Length: 2\r\n", ""),
+        ),
         ("http10", "GET /v1/users/fz/sessions HTTP/1.0\r\n\r\n".to_owned()),
         ("not-found", req("GET", "/", None, "", "")),
         ("method", req("PUT", "/v1/users/fz/sessions", None, "", "")),

@@ -213,7 +213,11 @@ fn gen_file(u: &mut Unstructured<'_>) -> Result<File> {
         sweep: num(u, 1, 60_000)?,
         cors: if u.ratio(1, 3)? { Some(u.arbitrary()?) } else { None },
         // An unknown key; a known one would only repeat or retype a setting.
-        unknown: if u.ratio(1, 16)? { Some(u.arbitrary::<String>()?).filter(|k| !KNOWN.contains(&k.as_str())) } else { None },
+        unknown: if u.ratio(1, 16)? {
+            Some(u.arbitrary::<String>()?).filter(|k| !KNOWN.contains(&k.as_str()))
+        } else {
+            None
+        },
         server_keys: key_entries(u)?,
         tenants: Vec::new(),
     };
@@ -249,7 +253,11 @@ fn q(s: &str) -> String {
 
 /// A TOML key: bare when it can be, else quoted.
 fn key(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') { s.into() } else { q(s) }
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        s.into()
+    } else {
+        q(s)
+    }
 }
 
 fn render(f: &File) -> String {

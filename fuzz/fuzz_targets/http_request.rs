@@ -22,11 +22,11 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use streamcap::config::{Config, DEV_TENANT, Overrides};
 use streamcap::grant::GrantClaims;
 use streamcap_fuzz::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// How long one input may wait for the server to answer and close.
 const READ_WINDOW: Duration = Duration::from_secs(2);
@@ -112,9 +112,8 @@ fn harness() -> &'static Harness {
 fn exchange(addr: SocketAddr, bytes: &[u8], half_close: bool, window: Duration) -> Option<Vec<u8>> {
     // The server's tasks run on this thread while `block_on` waits here.
     harness_runtime().block_on(async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("the server no longer accepts connections: {e}"));
+        let mut s =
+            TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("the server no longer accepts connections: {e}"));
         let _ = s.set_nodelay(true);
         let mut out = Vec::new();
         let talk = async {
@@ -141,7 +140,8 @@ fn exchange(addr: SocketAddr, bytes: &[u8], half_close: bool, window: Duration) 
 /// half-close: hyper drops a request whose connection reads EOF before the
 /// answer is written); (status, body).
 fn call(addr: SocketAddr, method: &str, path: &str, bearer: &str) -> (u16, String) {
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: fz\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: fz\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n");
     let out =
         exchange(addr, req.as_bytes(), false, Duration::from_secs(10)).expect("an ordinary request was not answered");
     let text = String::from_utf8_lossy(&out).into_owned();
@@ -166,7 +166,8 @@ impl Harness {
         let (status, body) = call(self.api, "GET", &format!("/v1/users/{VICTIM}/sessions"), &v.grant);
         assert_eq!(status, 200, "the victim's list failed: {body}");
         let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let ids: Vec<&str> = body["sessions"].as_array().expect("sessions").iter().filter_map(|s| s["session_id"].as_str()).collect();
+        let ids: Vec<&str> =
+            body["sessions"].as_array().expect("sessions").iter().filter_map(|s| s["session_id"].as_str()).collect();
         assert_eq!(ids, [v.id.as_str()], "the victim's sessions changed");
         let (status, _) = call(self.admin, "GET", "/healthz", "");
         assert_eq!(status, 200, "/healthz");

@@ -113,7 +113,14 @@ fn round_trip(u: &mut Unstructured<'_>) -> Result<()> {
         content: o.content.as_deref(),
         poll_secs: u.int_in_range(1..=65535.max(big))?,
     };
-    let strs = [Some(claims.tenant), Some(claims.user), claims.group.map(|g| g.0), claims.device, claims.label, claims.content];
+    let strs = [
+        Some(claims.tenant),
+        Some(claims.user),
+        claims.group.map(|g| g.0),
+        claims.device,
+        claims.label,
+        claims.content,
+    ];
     let numbers = [claims.limit, claims.group.map_or(0, |g| g.1), claims.poll_secs];
     let unrepresentable = strs.iter().flatten().any(|s| s.len() > 255) || numbers.iter().any(|n| *n > 65_535);
     let kid = valid_name(u, TENANT_CHARS, 16)?;
@@ -126,11 +133,8 @@ fn round_trip(u: &mut Unstructured<'_>) -> Result<()> {
     // The payload budget for this kid (see `LeaseClaims::mint`).
     let budget = (512 - 3 - kid.len() - 2 - 43) * 3 / 4;
     let len = |s: Option<&str>| s.map_or(0, |s| 1 + s.len());
-    let identifying = 31
-        + len(Some(claims.tenant))
-        + len(Some(claims.user))
-        + len(claims.group.map(|g| g.0))
-        + len(claims.device);
+    let identifying =
+        31 + len(Some(claims.tenant)) + len(Some(claims.user)) + len(claims.group.map(|g| g.0)) + len(claims.device);
     let full = identifying + len(claims.label) + len(claims.content);
 
     let Some(token) = claims.mint(&key) else {

@@ -188,7 +188,7 @@ class Chaos:
         # Accounts that get an extra after every restart: at their limit, reject_new.
         for limit in (1, 2, 3):
             lines = self.mint(f"x{limit}-{a.seed}", a.extras_users * (limit + a.rounds), a.extras_users,
-                              limit, "reject_new", False)
+                              limit, a.extras_policy, False)
             for line in lines:
                 self.extra_grants.setdefault(line["user"], []).append(line["grant"])
                 self.extra_limit[line["user"]] = limit
@@ -455,6 +455,9 @@ def main():
     ap.add_argument("--users-per-group", type=int, default=8, help="accounts per (limit, policy, full?) group")
     ap.add_argument("--extras-users", type=int, default=10, help="accounts per limit 1-3 that get extras")
     ap.add_argument("--sample", type=int, default=30, help="other accounts whose healing is timed each round")
+    ap.add_argument("--extras-policy", default="reject_new",
+                    help="policy of the extras accounts; evict_oldest makes the incumbents lose, "
+                         "which must fail the run (a self-test of the checks)")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--ramp", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=int(time.time()))
