@@ -358,7 +358,7 @@ fn oracle(f: &File) -> bool {
     if !(1..=100).contains(&f.ttl_factor.unwrap_or(3)) {
         return false;
     }
-    if [f.max_sessions, f.max_connections, f.idle, f.header, f.sweep].iter().any(|v| *v == Some(0)) {
+    if [f.max_sessions, f.max_connections, f.idle, f.header, f.sweep].contains(&Some(0)) {
         return false;
     }
     if !ring_ok(&f.server_keys) || f.tenants.is_empty() {

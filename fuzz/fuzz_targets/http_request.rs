@@ -195,10 +195,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let n = h.inputs.fetch_add(1, Ordering::Relaxed) + 1;
-    if n % VICTIM_EVERY == 0 {
+    if n.is_multiple_of(VICTIM_EVERY) {
         h.check_victim();
     }
-    if n % 50_000 == 0 {
+    if n.is_multiple_of(50_000) {
         let stats = h.stats.lock().unwrap();
         eprintln!(
             "http_request: {n} inputs; first statuses {:?}; still open after {READ_WINDOW:?}: {}; slower than 500 ms: {}",
