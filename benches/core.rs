@@ -85,7 +85,7 @@ fn tokens(c: &mut Criterion) {
     let lease = Lease::verify(&token, &server, NOW).unwrap();
     let mut g = c.benchmark_group("lease_mint");
     g.bench_function("streamcap_mint", |b| b.iter(|| black_box(claims()).mint(server.signing()).unwrap()));
-    g.bench_function("streamcap_renew", |b| b.iter(|| lease.renew(black_box(NOW + 1), server.signing())));
+    g.bench_function("streamcap_renew", |b| b.iter(|| lease.renew(black_box(NOW + 1), &server)));
     g.bench_function("baseline_json_mint", |b| {
         let c =
             GrantClaims { tenant: "acme".into(), sub: "user-123456".into(), limit: 3, exp: 1, ..Default::default() };

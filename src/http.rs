@@ -180,16 +180,25 @@ enum Path<'a> {
 
 fn parse_path(path: &str) -> Option<Path<'_>> {
     let rest = path.strip_prefix("/v1/users/")?;
-    let mut parts = rest.split('/');
-    let user = parts.next()?;
-    if parts.next()? != "sessions" {
+    let (user, rest) = cut(rest);
+    let (sessions, rest) = cut(rest?);
+    if sessions != "sessions" {
         return None;
     }
-    match (parts.next(), parts.next(), parts.next()) {
-        (None, _, _) => Some(Path::Sessions(user)),
-        (Some(id), None, _) => Some(Path::Session(user, id)),
-        (Some(id), Some("heartbeat"), None) => Some(Path::Heartbeat(user, id)),
+    let Some(rest) = rest else { return Some(Path::Sessions(user)) };
+    match cut(rest) {
+        (id, None) => Some(Path::Session(user, id)),
+        (id, Some("heartbeat")) => Some(Path::Heartbeat(user, id)),
         _ => None,
+    }
+}
+
+/// Splits at the first `/`: `("a", Some("b/c"))` for `"a/b/c"`, `("a", None)` for `"a"`.
+fn cut(s: &str) -> (&str, Option<&str>) {
+    // A byte loop: path segments are short, too short to pay for memchr.
+    match s.bytes().position(|b| b == b'/') {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
     }
 }
 
@@ -331,12 +340,14 @@ fn replace_param(query: Option<&str>) -> Result<Option<SessionId>, Failure> {
 /// The credential from `Authorization: Bearer …`; empty when absent, which
 /// the core refuses like any other bad credential.
 fn bearer(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map_or("", |(_, token)| token.trim())
+    // `from_utf8` checks ASCII a word at a time; `HeaderValue::to_str` a byte at a time.
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| std::str::from_utf8(v.as_bytes()).ok()) else {
+        return "";
+    };
+    match value.split_at_checked(7) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer ") => token.trim(),
+        _ => "",
+    }
 }
 
 /// Serves one operator request: `/healthz` and `/metrics`.

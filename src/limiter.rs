@@ -126,13 +126,19 @@ impl Limiter {
         Ok(g)
     }
 
-    fn lease_for(&self, s: &Settings, user: &str, id: SessionId, token: &str, now: u64) -> Result<Lease, Error> {
+    fn lease_for<'t>(
+        &self,
+        s: &Settings,
+        user: &str,
+        id: SessionId,
+        token: &'t str,
+        now: u64,
+    ) -> Result<Lease<'t>, Error> {
         let lease = Lease::verify(token, &s.server_keys, now)?;
-        let c = lease.claims();
-        if !s.tenants.contains_key(c.tenant) {
+        if !s.tenants.contains_key(lease.tenant()) {
             return Err(Error::InvalidToken("unknown tenant"));
         }
-        if c.user != user || c.session != id {
+        if lease.user() != user || lease.session() != id {
             return Err(Error::Forbidden("the token is for another user or session"));
         }
         Ok(lease)
@@ -245,7 +251,7 @@ impl Limiter {
                 m.heartbeats_healed.fetch_add(u64::from(healed), Ordering::Relaxed);
                 m.sessions_stopped(StopReason::LimitExceeded, stopped);
                 m.expiries.fetch_add(expired as u64, Ordering::Relaxed);
-                let token = lease.renew(renew_to_ms, s.server_keys.signing());
+                let token = lease.renew(renew_to_ms, &s.server_keys);
                 Ok(Renewed { session_id: id, token, poll_after: c.poll_secs, expires_ms: renew_to_ms })
             }
             Beaten::Lost { healed, stopped, expired } => {

@@ -1,5 +1,6 @@
-//! Sockets: the public and operator listeners, the connection cap, graceful
-//! shutdown and the one background sweeper. hyper parses HTTP/1.1 with its
+//! Sockets: the public and operator listeners (one connection stack for
+//! both), the connection cap, graceful shutdown and the one background
+//! sweeper. hyper parses HTTP/1.1 with its
 //! own limits on header count and head size; what it lacks per connection
 //! (separate idle and head timeouts, repeated `Content-Length` detection)
 //! lives in [`crate::conn`].
@@ -67,8 +68,8 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let api = &self.api;
         let sweeper = tokio::spawn(sweep_loop(api.clone(), self.sweep_interval, stop_rx.clone()));
-        let admin_task = tokio::spawn(accept_admin(admin, api.clone(), stop_rx.clone()));
-        let public_task = tokio::spawn(accept_public(public, api.clone(), stop_rx));
+        let admin_task = tokio::spawn(accept(admin, Listener::Admin, api.clone(), stop_rx.clone()));
+        let public_task = tokio::spawn(accept(public, Listener::Public, api.clone(), stop_rx));
         shutdown.await;
         let _ = stop_tx.send(true);
         let _ = tokio::join!(public_task, admin_task, sweeper);
@@ -91,22 +92,34 @@ pub async fn run(
     Ok(())
 }
 
-fn http1_builder(header_timeout: Option<Duration>) -> http1::Builder {
+fn http1_builder() -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         .max_headers(wire::MAX_HEADERS)
         .max_header_size(wire::MAX_HEAD_BYTES)
         .max_buf_size(wire::MAX_HEAD_BYTES + wire::MAX_BODY_BYTES)
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(None)
         .keep_alive(true);
     b
 }
 
-async fn accept_public(listener: TcpListener, api: Arc<Api>, mut stop: watch::Receiver<bool>) {
+/// Which listener a connection came in on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Public,
+    Admin,
+}
+
+/// Accepts connections until `stop`, then drains them (up to 10 s). Both
+/// listeners share the connection handling: the same timeouts and head
+/// checks ([`TimedIo`]) and each its own `max_connections` cap; only
+/// public connections count in the connection metrics.
+async fn accept(listener: TcpListener, which: Listener, api: Arc<Api>, mut stop: watch::Receiver<bool>) {
     // Our own TimedIo enforces both the idle and the head timeout.
-    let builder = http1_builder(None);
+    let builder = http1_builder();
     let graceful = GracefulShutdown::new();
     let open = Arc::new(AtomicU64::new(0));
+    let metrics = (which == Listener::Public).then(|| api.limiter.metrics().clone());
     loop {
         let stream = tokio::select! {
             _ = stop.changed() => break,
@@ -120,15 +133,16 @@ async fn accept_public(listener: TcpListener, api: Arc<Api>, mut stop: watch::Re
                 }
             },
         };
-        let metrics = api.limiter.metrics().clone();
         let edge = api.edge.load();
         if open.load(Ordering::Relaxed) >= edge.max_connections as u64 {
-            metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &metrics {
+                m.connections_refused.fetch_add(1, Ordering::Relaxed);
+            }
             tokio::spawn(refuse(stream));
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let guard = ConnGuard::new(open.clone(), metrics);
+        let guard = ConnGuard::new(open.clone(), metrics.clone());
         let phase = Arc::new(Phase::new());
         let io = TimedIo::new(stream, phase.clone(), edge.idle_timeout, edge.header_timeout);
         let api = api.clone();
@@ -138,7 +152,10 @@ async fn accept_public(listener: TcpListener, api: Arc<Api>, mut stop: watch::Re
             }
             let (api, phase) = (api.clone(), phase.clone());
             async move {
-                let reply = serve_api(api, req).await;
+                let reply = match which {
+                    Listener::Public => serve_api(api, req).await,
+                    Listener::Admin => serve_admin(api, req).await,
+                };
                 phase.end();
                 Ok::<_, std::convert::Infallible>(reply)
             }
@@ -164,31 +181,6 @@ async fn refuse(mut stream: TcpStream) {
         stream.shutdown().await
     })
     .await;
-}
-
-async fn accept_admin(listener: TcpListener, api: Arc<Api>, mut stop: watch::Receiver<bool>) {
-    let builder = http1_builder(Some(api.edge.load().header_timeout));
-    let graceful = GracefulShutdown::new();
-    loop {
-        let stream = tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let api = api.clone();
-        let service = service_fn(move |req| {
-            let api = api.clone();
-            async move { Ok::<_, std::convert::Infallible>(serve_admin(api, req).await) }
-        });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(conn);
-    }
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
 }
 
 /// The sweeper: every `every`, or less often when the map is so large that
@@ -224,13 +216,15 @@ async fn sweep_loop(api: Arc<Api>, every: Duration, mut stop: watch::Receiver<bo
 /// Counts an open connection for as long as it lives.
 struct ConnGuard {
     open: Arc<AtomicU64>,
-    metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ConnGuard {
-    fn new(open: Arc<AtomicU64>, metrics: Arc<Metrics>) -> ConnGuard {
+    fn new(open: Arc<AtomicU64>, metrics: Option<Arc<Metrics>>) -> ConnGuard {
         open.fetch_add(1, Ordering::Relaxed);
-        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &metrics {
+            m.connections_open.fetch_add(1, Ordering::Relaxed);
+        }
         ConnGuard { open, metrics }
     }
 }
@@ -238,6 +232,8 @@ impl ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.connections_open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }

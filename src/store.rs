@@ -104,13 +104,25 @@ impl Store {
     }
 
     pub fn user_key(&self, tenant: &str, user: &str) -> UserKey {
-        let mut h = blake3::Hasher::new_keyed(&self.hash_key);
-        // Tenant ids never contain a NUL, so the split is unambiguous.
-        h.update(tenant.as_bytes());
-        h.update(&[0]);
-        h.update(user.as_bytes());
+        // Tenant ids never contain a NUL, so the split is unambiguous. Names
+        // within the wire limits hash in one call from the stack (the
+        // streaming hasher's setup costs more than hashing 200 bytes).
+        let mut buf = [0u8; 256];
+        let len = tenant.len() + 1 + user.len();
+        let hash = match buf.get_mut(..len) {
+            Some(out) => {
+                out[..tenant.len()].copy_from_slice(tenant.as_bytes());
+                out[tenant.len() + 1..].copy_from_slice(user.as_bytes());
+                blake3::keyed_hash(&self.hash_key, out)
+            }
+            None => {
+                let mut h = blake3::Hasher::new_keyed(&self.hash_key);
+                h.update(tenant.as_bytes()).update(&[0]).update(user.as_bytes());
+                h.finalize()
+            }
+        };
         let mut out = [0u8; 16];
-        h.finalize_xof().fill(&mut out);
+        out.copy_from_slice(&hash.as_bytes()[..16]);
         UserKey(u128::from_le_bytes(out))
     }
 
@@ -310,6 +322,18 @@ mod tests {
             replace: None,
             unknown_until_ms: now + 95_000,
         }
+    }
+
+    #[test]
+    fn user_keys_are_the_same_hash_for_any_name_length() {
+        let store = Store::new(16, [7; 32]);
+        for (tenant, user) in [("acme", "alice".to_string()), ("t", "u".repeat(300))] {
+            let mut h = blake3::Hasher::new_keyed(&[7; 32]);
+            h.update(tenant.as_bytes()).update(&[0]).update(user.as_bytes());
+            let want = u128::from_le_bytes(h.finalize().as_bytes()[..16].try_into().unwrap());
+            assert_eq!(store.user_key(tenant, &user), UserKey(want));
+        }
+        assert_ne!(store.user_key("ab", "c"), store.user_key("a", "bc"));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! A token carries all a node needs to rebuild its session, so verifying one
 //! touches no shared state and allocates nothing: the payload is decoded
 //! into a stack buffer and read in place. Renewal re-signs the same payload
-//! with only the expiry changed.
+//! with only the expiry changed; as base64 turns every 3 bytes into 4
+//! characters independently, it re-encodes just the 12 bytes (16
+//! characters) around the expiry and copies the rest of the text.
 //!
 //! Payload layout (little-endian):
 //!
@@ -23,13 +25,16 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
-use crate::keys::{Key, KeyRing};
+use crate::keys::{Key, KeyRing, MAX_KID_LEN};
 use crate::wire::{self, Policy, SessionId};
 
 const PREFIX: &str = "s1.";
 const MAC_B64_LEN: usize = 43;
 const FIXED_LEN: usize = 31;
 const EXPIRY_AT: usize = 17;
+/// The whole base64 groups holding the expiry: payload bytes 15..27, text 20..36.
+const EXPIRY_GROUPS: std::ops::Range<usize> = 15..27;
+const EXPIRY_TEXT: std::ops::Range<usize> = 20..36;
 /// Decoded payloads never exceed this: a 512-byte token holds at most 384.
 const MAX_PAYLOAD: usize = wire::MAX_TOKEN_LEN * 3 / 4;
 
@@ -71,7 +76,9 @@ impl LeaseClaims<'_> {
         if strs.iter().flatten().any(|s| s.len() > u8::MAX as usize) || numbers.iter().any(|n| *n > u16::MAX as u32) {
             return None;
         }
-        let budget = (wire::MAX_TOKEN_LEN - PREFIX.len() - key.kid.len() - 2 - MAC_B64_LEN) * 3 / 4;
+        // Room for the longest key id, not just this key's: renewal may sign
+        // with a newer key whose id is longer.
+        let budget = (wire::MAX_TOKEN_LEN - PREFIX.len() - MAX_KID_LEN - 2 - MAC_B64_LEN) * 3 / 4;
         let mut claims = *self;
         let over = self.payload_len().saturating_sub(budget);
         if over > 0 {
@@ -87,7 +94,7 @@ impl LeaseClaims<'_> {
         }
         let mut buf = [0u8; MAX_PAYLOAD];
         let len = claims.write_payload(&mut buf);
-        Some(sign(&buf[..len], key))
+        Some(sign(key, |t| B64.encode_string(&buf[..len], t)))
     }
 
     fn payload_len(&self) -> usize {
@@ -141,43 +148,62 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-fn sign(payload: &[u8], key: &Key) -> String {
+/// `s1.<kid>.<payload>.<mac>`, with `payload` (base64url) written by `write`.
+fn sign(key: &Key, write: impl FnOnce(&mut String)) -> String {
     let mut token = String::with_capacity(wire::MAX_TOKEN_LEN);
     token.push_str(PREFIX);
     token.push_str(&key.kid);
     token.push('.');
-    B64.encode_string(payload, &mut token);
+    write(&mut token);
     let mac = blake3::keyed_hash(&key.secret, token.as_bytes());
     token.push('.');
-    B64.encode_string(mac.as_bytes(), &mut token);
+    push_b64::<MAC_B64_LEN>(&mut token, mac.as_bytes());
     token
 }
 
-/// A verified lease token, decoded in place.
+/// Appends the base64url of `bytes`, which must be exactly `N` characters
+/// long; through a stack buffer, cheaper for short inputs than
+/// `encode_string` (which stages through a 1 KiB buffer).
+fn push_b64<const N: usize>(out: &mut String, bytes: &[u8]) {
+    let mut buf = [0u8; N];
+    let n = B64.encode_slice(bytes, &mut buf).unwrap_or_default();
+    debug_assert_eq!(n, N);
+    // Base64 text is ASCII.
+    out.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
+}
+
+/// A verified lease token, decoded in place; it borrows the token's text.
 #[derive(Clone)]
-pub struct Lease {
+pub struct Lease<'t> {
     buf: [u8; MAX_PAYLOAD],
     len: usize,
+    /// The payload as the token spelled it (base64url), for renewal.
+    text: &'t str,
+    /// The id of the key that signed the token.
+    kid: &'t str,
     /// `(start, len)` of tenant, user, group, device, label, content; len 0 = absent.
     strs: [(u16, u8); 6],
 }
 
-impl std::fmt::Debug for Lease {
+impl std::fmt::Debug for Lease<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.claims().fmt(f)
     }
 }
 
-impl Lease {
+impl<'t> Lease<'t> {
     /// Authenticates `token` with `keys` and checks its expiry at `now_ms`
     /// (with `TOKEN_LEEWAY_MS` of grace).
-    pub fn verify(token: &str, keys: &KeyRing, now_ms: u64) -> Result<Lease, InvalidToken> {
+    pub fn verify(token: &'t str, keys: &KeyRing, now_ms: u64) -> Result<Lease<'t>, InvalidToken> {
         const MALFORMED: InvalidToken = InvalidToken("malformed token");
         if token.len() > wire::MAX_TOKEN_LEN {
             return Err(MALFORMED);
         }
-        let (signed, mac_b64) = token.rsplit_once('.').ok_or(MALFORMED)?;
-        let (kid, payload_b64) = signed.strip_prefix(PREFIX).and_then(|r| r.split_once('.')).ok_or(MALFORMED)?;
+        let dot = token.bytes().rposition(|b| b == b'.').ok_or(MALFORMED)?;
+        let (signed, mac_b64) = (&token[..dot], &token[dot + 1..]);
+        let rest = signed.strip_prefix(PREFIX).ok_or(MALFORMED)?;
+        let dot = rest.bytes().position(|b| b == b'.').ok_or(MALFORMED)?;
+        let (kid, payload_b64) = (&rest[..dot], &rest[dot + 1..]);
         let key = keys.find(kid).ok_or(InvalidToken("unknown key id"))?;
         let mut mac = [0u8; 32];
         if mac_b64.len() != MAC_B64_LEN || B64.decode_slice(mac_b64, &mut mac) != Ok(32) {
@@ -187,7 +213,7 @@ impl Lease {
         if blake3::keyed_hash(&key.secret, signed.as_bytes()) != mac {
             return Err(InvalidToken("token signature does not match"));
         }
-        let mut lease = Lease { buf: [0; MAX_PAYLOAD], len: 0, strs: [(0, 0); 6] };
+        let mut lease = Lease { buf: [0; MAX_PAYLOAD], len: 0, text: payload_b64, kid, strs: [(0, 0); 6] };
         lease.len = B64.decode_slice(payload_b64, &mut lease.buf).map_err(|_| MALFORMED)?;
         lease.index().ok_or(MALFORMED)?;
         if now_ms > lease.expires_ms().saturating_add(wire::TOKEN_LEEWAY_MS) {
@@ -235,6 +261,18 @@ impl Lease {
         (len > 0).then(|| std::str::from_utf8(bytes).unwrap_or_default())
     }
 
+    pub fn tenant(&self) -> &str {
+        self.str_at(0).unwrap_or_default()
+    }
+
+    pub fn user(&self) -> &str {
+        self.str_at(1).unwrap_or_default()
+    }
+
+    pub fn session(&self) -> SessionId {
+        SessionId(self.u64_at(1))
+    }
+
     pub fn expires_ms(&self) -> u64 {
         self.u64_at(EXPIRY_AT)
     }
@@ -242,9 +280,9 @@ impl Lease {
     pub fn claims(&self) -> LeaseClaims<'_> {
         let group_limit = self.u16_at(27);
         LeaseClaims {
-            tenant: self.str_at(0).unwrap_or_default(),
-            user: self.str_at(1).unwrap_or_default(),
-            session: SessionId(self.u64_at(1)),
+            tenant: self.tenant(),
+            user: self.user(),
+            session: self.session(),
             started_ms: self.u64_at(9),
             expires_ms: self.expires_ms(),
             limit: self.u16_at(25),
@@ -257,11 +295,37 @@ impl Lease {
         }
     }
 
-    /// The same lease with a new expiry, signed with `key`.
-    pub fn renew(&self, expires_ms: u64, key: &Key) -> String {
-        let mut payload = self.buf;
-        payload[EXPIRY_AT..EXPIRY_AT + 8].copy_from_slice(&expires_ms.to_le_bytes());
-        sign(&payload[..self.len], key)
+    /// The same lease with a new expiry, signed with the ring's signing key.
+    ///
+    /// Every token this version mints leaves room for the longest key id,
+    /// so the fast path always fits. A token minted with less room (by an
+    /// earlier version, under a shorter key id) is re-minted, shortening
+    /// its display text; if even that cannot fit, it stays with the key
+    /// that signed it.
+    pub fn renew(&self, expires_ms: u64, keys: &KeyRing) -> String {
+        let signing = keys.signing();
+        let fits = |key: &Key| PREFIX.len() + key.kid.len() + self.text.len() + 2 + MAC_B64_LEN <= wire::MAX_TOKEN_LEN;
+        if fits(signing) {
+            return self.resign(expires_ms, signing);
+        }
+        if let Some(token) = (LeaseClaims { expires_ms, ..self.claims() }).mint(signing) {
+            return token;
+        }
+        let own = keys.find(self.kid).unwrap_or(signing);
+        self.resign(expires_ms, own)
+    }
+
+    /// The same payload text with the expiry's 16 characters re-encoded.
+    fn resign(&self, expires_ms: u64, key: &Key) -> String {
+        let mut groups = [0u8; EXPIRY_GROUPS.end - EXPIRY_GROUPS.start];
+        groups.copy_from_slice(&self.buf[EXPIRY_GROUPS]);
+        let at = EXPIRY_AT - EXPIRY_GROUPS.start;
+        groups[at..at + 8].copy_from_slice(&expires_ms.to_le_bytes());
+        sign(key, |token| {
+            token.push_str(&self.text[..EXPIRY_TEXT.start]);
+            push_b64::<16>(token, &groups);
+            token.push_str(&self.text[EXPIRY_TEXT.end..]);
+        })
     }
 }
 
@@ -305,13 +369,63 @@ mod tests {
         let old = KeyRing::new(vec![Key { kid: "s1".into(), secret: [1; 32] }]).unwrap();
         let token = claims().mint(old.signing()).unwrap();
         let lease = Lease::verify(&token, &ring(), 1_700_000_000_500).unwrap();
-        let renewed = lease.renew(1_700_000_200_000, ring().signing());
+        let renewed = lease.renew(1_700_000_200_000, &ring());
         assert!(renewed.starts_with("s1.s2."));
         let again = Lease::verify(&renewed, &ring(), 1_700_000_100_000).unwrap();
         assert_eq!(again.claims().expires_ms, 1_700_000_200_000);
         assert_eq!(LeaseClaims { expires_ms: claims().expires_ms, ..again.claims() }, claims());
         let unknown = KeyRing::new(vec![Key { kid: "s9".into(), secret: [1; 32] }]).unwrap();
         assert_eq!(Lease::verify(&token, &unknown, 0).unwrap_err(), InvalidToken("unknown key id"));
+    }
+
+    #[test]
+    fn renewal_spells_the_token_a_fresh_mint_would() {
+        let ring = ring();
+        let long_label = "é".repeat(40);
+        for c in [claims(), LeaseClaims { group: None, device: None, label: Some(&long_label), ..claims() }] {
+            let token = c.mint(ring.signing()).unwrap();
+            let lease = Lease::verify(&token, &ring, 0).unwrap();
+            for expires_ms in [0, 1, 1_700_000_090_124, u64::MAX] {
+                let fresh = LeaseClaims { expires_ms, ..c }.mint(ring.signing());
+                assert_eq!(Some(lease.renew(expires_ms, &ring)), fresh);
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_token_still_fits_when_renewed_under_a_longer_key_id() {
+        let short = Key { kid: "a".into(), secret: [1; 32] };
+        let long = Key { kid: "k".repeat(MAX_KID_LEN).into(), secret: [2; 32] };
+        let both = KeyRing::new(vec![long, short.clone()]).unwrap();
+        let content = "c".repeat(255);
+        let label = "l".repeat(255);
+        let c = LeaseClaims { label: Some(&label), content: Some(&content), ..claims() };
+        let token = c.mint(&short).unwrap();
+        let renewed = Lease::verify(&token, &both, 0).unwrap().renew(1, &both);
+        assert!(renewed.len() <= wire::MAX_TOKEN_LEN, "{} bytes", renewed.len());
+        assert!(renewed.starts_with("s1.kkkk"));
+        assert!(Lease::verify(&renewed, &both, 0).is_ok());
+
+        // Tokens that used all the room a one-character key id leaves (as
+        // earlier versions minted): re-minted with a shorter label, or, when
+        // the identifying fields alone are too long, kept with their own key.
+        let (tenant, user, device, label) = ("t".repeat(40), "u".repeat(128), "d".repeat(128), "l".repeat(40));
+        let room_short = (wire::MAX_TOKEN_LEN - PREFIX.len() - 1 - 2 - MAC_B64_LEN) * 3 / 4;
+        let room_long = (wire::MAX_TOKEN_LEN - PREFIX.len() - MAX_KID_LEN - 2 - MAC_B64_LEN) * 3 / 4;
+        for (tenant, label, signer) in [("acme", Some(&*label), "kkkk"), (&*tenant, None, "a.")] {
+            let c = LeaseClaims { tenant, user: &user, device: Some(&device), label, content: None, ..claims() };
+            let mut buf = [0u8; MAX_PAYLOAD];
+            let len = c.write_payload(&mut buf);
+            assert!(room_long < len && len <= room_short, "{len}");
+            let token = sign(&short, |t| B64.encode_string(&buf[..len], t));
+            let lease = Lease::verify(&token, &both, 0).unwrap();
+            let renewed = lease.renew(1, &both);
+            assert!(renewed.len() <= wire::MAX_TOKEN_LEN, "{} bytes", renewed.len());
+            assert!(renewed.starts_with(&format!("s1.{signer}")), "{renewed}");
+            let again = Lease::verify(&renewed, &both, 0).unwrap();
+            let again = again.claims();
+            assert_eq!((again.tenant, again.user, again.device, again.expires_ms), (c.tenant, c.user, c.device, 1));
+        }
     }
 
     #[test]
@@ -363,7 +477,7 @@ mod tests {
         // A correctly signed payload that is not our layout.
         let key = r.signing();
         for payload in [&b""[..], &[0xffu8; 40], &[0u8; 31]] {
-            let token = sign(payload, key);
+            let token = sign(key, |t| B64.encode_string(payload, t));
             assert_eq!(Lease::verify(&token, &r, 0).unwrap_err(), InvalidToken("malformed token"));
         }
     }

@@ -161,10 +161,15 @@ impl fmt::Display for SessionId {
 impl FromStr for SessionId {
     type Err = ();
     fn from_str(s: &str) -> Result<SessionId, ()> {
-        if s.len() != 16 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if s.len() != 16 {
             return Err(());
         }
-        u64::from_str_radix(s, 16).map(SessionId).map_err(|_| ())
+        let digit = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
+        s.bytes().try_fold(0u64, |id, b| Some(id << 4 | u64::from(digit(b)?))).map(SessionId).ok_or(())
     }
 }
 
@@ -270,7 +275,16 @@ mod tests {
         assert_eq!(SessionId(u64::MAX).to_string(), "ffffffffffffffff");
         assert_eq!(SessionId(1).to_string(), "0000000000000001");
         assert_eq!("00abcdef01234567".parse::<SessionId>(), Ok(id));
-        for bad in ["", "00ABCDEF01234567", "00abcdef0123456", "+0abcdef01234567", "g0abcdef01234567"] {
+        assert_eq!("ffffffffffffffff".parse::<SessionId>(), Ok(SessionId(u64::MAX)));
+        for bad in [
+            "",
+            "00ABCDEF01234567",
+            "00abcdef012345é",
+            "00abcdef012345678",
+            "00abcdef0123456",
+            "+0abcdef01234567",
+            "g0abcdef01234567",
+        ] {
             assert!(bad.parse::<SessionId>().is_err(), "{bad}");
         }
     }

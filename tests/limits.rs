@@ -163,6 +163,23 @@ fn a_silent_connection_is_closed_after_idle_timeout() {
 }
 
 #[test]
+fn the_admin_listener_has_the_same_timeouts() {
+    let server = TestServer::start(timed_config(1, 2));
+    let admin = server.admin;
+    let opened = Instant::now();
+    let mut silent = Conn::open(admin);
+    let mut stalled = Conn::open(admin);
+    stalled.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n").unwrap();
+    let took = stalled.wait_closed(Duration::from_secs(6)).expect("a stalled head on the admin port stayed open 6 s");
+    assert!(took >= Duration::from_millis(700), "closed after {took:?}, before the header timeout");
+    silent.wait_closed(Duration::from_secs(8)).expect("a silent admin connection stayed open 8 s more");
+    let took = opened.elapsed();
+    assert!(took >= Duration::from_millis(1500), "closed after {took:?}, before the idle timeout");
+    let mut conn = Conn::open(admin);
+    conn.call("GET", "/healthz", None).expect(200);
+}
+
+#[test]
 fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let server = TestServer::start(timed_config(30, 2));
     let user = unique("idle");

@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
             let Ok(now) = now(&mut u) else { return };
             let text = String::from_utf8_lossy(u.take_rest());
             if let Ok(lease) = Lease::verify(&text, &server_ring(), now) {
-                renew_round_trip(&lease, &server_key(), &server_ring());
+                renew_round_trip(&lease, &server_ring());
             }
         }
         1 => {
@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(lease) = Lease::verify(&token, &server_ring(), 0) {
                 let c = lease.claims();
                 assert!(!c.tenant.is_empty() && !c.user.is_empty(), "{c:?}");
-                renew_round_trip(&lease, &key, &server_ring());
+                renew_round_trip(&lease, &server_ring());
             }
         }
     }
@@ -61,10 +61,10 @@ fn now(u: &mut Unstructured<'_>) -> Result<u64> {
 }
 
 /// Renewing changes the expiry and nothing else; the old token is unaffected.
-fn renew_round_trip(lease: &Lease, key: &Key, ring: &KeyRing) {
+fn renew_round_trip(lease: &Lease, ring: &KeyRing) {
     let before = lease.claims();
     let new_exp = before.expires_ms.wrapping_add(90_000);
-    let renewed = lease.renew(new_exp, key);
+    let renewed = lease.renew(new_exp, ring);
     assert!(renewed.len() <= 512, "renewed token of {} bytes", renewed.len());
     let again = Lease::verify(&renewed, ring, 0).expect("a renewed token verifies");
     assert_eq!(LeaseClaims { expires_ms: before.expires_ms, ..again.claims() }, before);
@@ -130,8 +130,8 @@ fn round_trip(u: &mut Unstructured<'_>) -> Result<()> {
     let key = Key { kid: kid.clone().into(), secret: u.arbitrary()? };
     let ring = KeyRing::new(vec![Key { kid: "zz-other".into(), secret: [3; 32] }, key.clone()]).expect("ring");
 
-    // The payload budget for this kid (see `LeaseClaims::mint`).
-    let budget = (512 - 3 - kid.len() - 2 - 43) * 3 / 4;
+    // The payload budget: room for the longest kid (see `LeaseClaims::mint`).
+    let budget = (512 - 3 - 16 - 2 - 43) * 3 / 4;
     let len = |s: Option<&str>| s.map_or(0, |s| 1 + s.len());
     let identifying =
         31 + len(Some(claims.tenant)) + len(Some(claims.user)) + len(claims.group.map(|g| g.0)) + len(claims.device);
@@ -178,7 +178,14 @@ fn round_trip(u: &mut Unstructured<'_>) -> Result<()> {
     let foreign = KeyRing::new(vec![Key { kid: key.kid.clone(), secret: flip(key.secret) }]).expect("ring");
     assert!(Lease::verify(&token, &foreign, 0).is_err(), "verified with a different secret");
 
-    renew_round_trip(&lease, &key, &ring);
+    renew_round_trip(&lease, &ring);
+    // Renewal under the newest key, whose id may be longer, spells what a
+    // fresh mint with the new expiry would.
+    let newest = Key { kid: "k".repeat(u.int_in_range(1..=16)?).into(), secret: [4; 32] };
+    let rotated = KeyRing::new(vec![newest, key.clone()]).expect("ring");
+    let new_exp = u.arbitrary()?;
+    let fresh = LeaseClaims { expires_ms: new_exp, ..got }.mint(rotated.signing());
+    assert_eq!(Some(lease.renew(new_exp, &rotated)), fresh, "renewal differs from a fresh mint");
     Ok(())
 }
 
