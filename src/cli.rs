@@ -2,11 +2,12 @@
 //! read from the configuration file or the environment, never from flags,
 //! so they stay out of `ps` and shell history.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
@@ -196,11 +197,29 @@ pub fn keygen(out: &mut impl Write) -> Result<(), String> {
 
 /// `streamcap serve`: builds the runtime, binds, runs until SIGTERM or
 /// SIGINT, reloads the configuration on SIGHUP.
-pub fn serve(args: &ServeArgs) -> Result<(), String> {
+///
+/// `release(force)` asks the allocator to return the calling thread's free
+/// memory to the system. After a sweep drops many sessions it runs on the
+/// sweeper's thread, then once on each worker thread as it next goes idle:
+/// an allocator like mimalloc keeps pages freed by another thread until
+/// their owner collects them, and an idle worker never would.
+pub fn serve(args: &ServeArgs, release: fn(bool)) -> Result<(), String> {
     args.log.init();
     let env_keys = std::env::var(config::SERVER_KEYS_ENV).ok();
     let config = Config::load(&args.settings, env_keys.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let freed = Arc::new(AtomicU64::new(0));
+    let seen_by_workers = freed.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(move || {
+            thread_local!(static SEEN: Cell<u64> = const { Cell::new(0) });
+            let now = seen_by_workers.load(Ordering::Relaxed);
+            if SEEN.replace(now) != now {
+                release(true);
+            }
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let public = listen(config.listen)?;
         let admin = listen(config.admin_listen)?;
@@ -212,7 +231,17 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
             tracing::warn!("DEV MODE: tenant \"demo\" and the server key use fixed, publicly known secrets");
             eprintln!("{}", dev_banner(addr));
         }
-        let server = Arc::new(Server::new(&config).map_err(|e| e.to_string())?);
+        // tokio's default: a worker per CPU.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let server = Server::new(&config).map_err(|e| e.to_string())?.on_bulk_free(move || {
+            release(true);
+            freed.fetch_add(1, Ordering::Relaxed);
+            // Idle workers run the park hook only once woken: give each a task.
+            for _ in 0..workers {
+                tokio::spawn(tokio::task::yield_now());
+            }
+        });
+        let server = Arc::new(server);
         tokio::spawn(reload_on_hangup(server.clone(), args.settings.clone(), env_keys, config));
         tracing::info!("listening on {addr}, operator endpoints on {admin_addr}");
         server.serve(public, admin, shutdown_signal()).await;

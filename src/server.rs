@@ -25,6 +25,7 @@ use crate::conn::{Phase, TimedIo};
 use crate::http::{Api, Edge, RepeatedContentLength, now_ms, serve_admin, serve_api};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
+use crate::store::Swept;
 use crate::wire;
 
 /// How long shutdown waits for in-flight requests.
@@ -38,7 +39,15 @@ const OVER_CAPACITY: &str = r#"{"error":"over_capacity","message":"too many conn
 pub struct Server {
     api: Arc<Api>,
     sweep_interval: Duration,
+    freed: Option<FreedHook>,
 }
+
+/// Called on the sweeper's thread after a pass that dropped many records.
+pub type FreedHook = Arc<dyn Fn() + Send + Sync>;
+
+/// A sweep pass that drops at least this many records (and an eighth of
+/// what it keeps) calls the [`FreedHook`].
+const FREED_HOOK_AFTER: usize = 4096;
 
 impl Server {
     pub fn new(config: &Config) -> io::Result<Server> {
@@ -46,7 +55,15 @@ impl Server {
         publish_bounds(&metrics, config);
         let limiter = Limiter::new(config.core.clone(), metrics).map_err(io::Error::other)?;
         let api = Arc::new(Api { limiter, edge: ArcSwap::from_pointee(Edge::new(config)) });
-        Ok(Server { api, sweep_interval: config.sweep_interval })
+        Ok(Server { api, sweep_interval: config.sweep_interval, freed: None })
+    }
+
+    /// Runs `hook` after every sweep pass that dropped many records, e.g.
+    /// to have the allocator return the freed memory to the system (the
+    /// binary does; the library itself has no allocator to tell).
+    pub fn on_bulk_free(mut self, hook: impl Fn() + Send + Sync + 'static) -> Server {
+        self.freed = Some(Arc::new(hook));
+        self
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -67,7 +84,7 @@ impl Server {
     pub async fn serve(&self, public: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let api = &self.api;
-        let sweeper = tokio::spawn(sweep_loop(api.clone(), self.sweep_interval, stop_rx.clone()));
+        let sweeper = tokio::spawn(sweep_loop(api.clone(), self.sweep_interval, self.freed.clone(), stop_rx.clone()));
         let admin_task = tokio::spawn(accept(admin, Listener::Admin, api.clone(), stop_rx.clone()));
         let public_task = tokio::spawn(accept(public, Listener::Public, api.clone(), stop_rx));
         shutdown.await;
@@ -187,29 +204,66 @@ async fn refuse(mut stream: TcpStream) {
 /// its passes would otherwise take more than about 2% of one core. A pass
 /// sleeps briefly between chunks of users so that it never holds a core for
 /// long: on a busy two-core machine a 50 ms burst shows in request latency.
-async fn sweep_loop(api: Arc<Api>, every: Duration, mut stop: watch::Receiver<bool>) {
+async fn sweep_loop(api: Arc<Api>, every: Duration, freed: Option<FreedHook>, mut stop: watch::Receiver<bool>) {
     const PAUSE: Duration = Duration::from_micros(100);
     let mut wait = Duration::ZERO;
+    let mut freeing = Freeing::default();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             _ = tokio::time::sleep(wait) => {
-                let api = api.clone();
+                let (api, freed, mut state) = (api.clone(), freed.clone(), freeing);
                 // A sweep walks the whole map: keep it off the request workers.
-                let busy = tokio::task::spawn_blocking(move || {
+                let outcome = tokio::task::spawn_blocking(move || {
                     let began = std::time::Instant::now();
                     let mut paused = Duration::ZERO;
-                    api.limiter.sweep_paced(now_ms(), &mut || {
+                    let swept = api.limiter.sweep_paced(now_ms(), &mut || {
                         std::thread::sleep(PAUSE);
                         paused += PAUSE;
                     });
-                    began.elapsed().saturating_sub(paused)
+                    let busy = began.elapsed().saturating_sub(paused);
+                    if state.after(&swept)
+                        && let Some(hook) = freed
+                    {
+                        hook();
+                    }
+                    (busy, state)
                 })
                 .await
                 .unwrap_or_default();
+                let busy;
+                (busy, freeing) = outcome;
                 wait = every.max(busy * 49);
             }
         }
+    }
+}
+
+/// When the sweeper calls the [`FreedHook`]: once the records dropped since
+/// its last call (expired sessions, ended tombstones) reach
+/// `FREED_HOOK_AFTER` and an eighth of those still held, and once more on
+/// the pass after, when what that pass retired (papaya's batches, a
+/// swapped-out map) has been freed too.
+#[derive(Clone, Copy, Default)]
+struct Freeing {
+    records: usize,
+    dropped: usize,
+    trailing: bool,
+}
+
+impl Freeing {
+    /// Takes in a pass; whether to call the hook now.
+    fn after(&mut self, swept: &Swept) -> bool {
+        let dropped = swept.expired.max(self.records.saturating_sub(swept.records));
+        self.records = swept.records;
+        self.dropped += dropped;
+        let trailing = std::mem::take(&mut self.trailing);
+        if self.dropped >= FREED_HOOK_AFTER.max(swept.records / 8) {
+            self.dropped = 0;
+            self.trailing = true;
+            return true;
+        }
+        trailing
     }
 }
 
@@ -235,5 +289,34 @@ impl Drop for ConnGuard {
         if let Some(m) = &self.metrics {
             m.connections_open.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(records: usize, expired: usize) -> Swept {
+        Swept { records, expired, ..Swept::default() }
+    }
+
+    #[test]
+    fn the_freed_hook_runs_after_many_drops_and_on_the_pass_after() {
+        let mut f = Freeing::default();
+        assert!(!f.after(&pass(100_000, 0)), "growing");
+        assert!(!f.after(&pass(97_000, 3_000)));
+        // 6,000 dropped in all: over 4,096 and over an eighth of 94,000.
+        assert!(!f.after(&pass(94_000, 3_000)), "6,000 < 94,000 / 8");
+        assert!(f.after(&pass(80_000, 14_000)), "20,000 >= 80,000 / 8");
+        assert!(f.after(&pass(80_000, 0)), "the trailing pass");
+        assert!(!f.after(&pass(80_000, 0)));
+        // A big drop on a trailing pass starts its own round.
+        assert!(f.after(&pass(60_000, 20_000)));
+        assert!(f.after(&pass(0, 60_000)), "trailing, and a round of its own");
+        assert!(f.after(&pass(0, 0)), "its trailing pass");
+        assert!(!f.after(&pass(0, 0)));
+        // Expired sessions count even when starts keep the total level.
+        assert!(!f.after(&pass(80_000, 5_000)));
+        assert!(f.after(&pass(80_000, 5_000)));
     }
 }

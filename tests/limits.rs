@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::sync::Barrier;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -107,6 +108,30 @@ fn an_unrenewed_session_expires_and_frees_its_slot() {
     // The gauges refreshed by the sweeper show one live session (the new one).
     assert_eq!(metric(&m2, "streamcap_live_sessions"), Some(1.0), "{m2}");
     assert_eq!(api.list(&swept_user, &g2).expect(200)["active"], 0);
+}
+
+#[test]
+fn a_mass_expiry_runs_the_bulk_free_hook_on_that_pass_and_the_next() {
+    let mut config = dev_config();
+    config.sweep_interval = Duration::from_millis(200);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let server = TestServer::with_bulk_free_hook(config, move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+    });
+    let prefix = unique("bulk");
+    let mut conn = Conn::open(server.addr());
+    for i in 0..4200 {
+        let user = format!("{prefix}-{i}");
+        let g = GrantClaims { poll: Some(1), ..claims(&user, 1) }.mint(&dev_secret());
+        conn.call("POST", &format!("/v1/users/{user}/sessions"), Some(&g)).expect(201);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing was dropped yet");
+    let two = eventually(Duration::from_secs(10), || (calls.load(Ordering::SeqCst) >= 2).then_some(()));
+    assert!(two.is_some(), "hook calls after 4,200 sessions expired: {}", calls.load(Ordering::SeqCst));
+    // Then quiet: nothing more is dropped.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 // ---- timeouts ---------------------------------------------------------------------

@@ -442,6 +442,16 @@ impl TestServer {
     }
 
     pub fn start(config: Config) -> TestServer {
+        TestServer::start_server(config, None)
+    }
+
+    /// A server whose sweeper calls `hook` after passes that drop many records.
+    pub fn with_bulk_free_hook(config: Config, hook: impl Fn() + Send + Sync + 'static) -> TestServer {
+        TestServer::start_server(config, Some(Box::new(hook)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_server(config: Config, hook: Option<Box<dyn Fn() + Send + Sync>>) -> TestServer {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let (public, admin) = runtime.block_on(async {
@@ -456,9 +466,11 @@ impl TestServer {
             let shutdown = async move {
                 let _ = rx.await;
             };
-            if let Err(e) = streamcap::server::run(config, public, admin, shutdown).await {
-                panic!("server failed: {e}");
+            let mut server = streamcap::server::Server::new(&config).expect("server");
+            if let Some(hook) = hook {
+                server = server.on_bulk_free(hook);
             }
+            server.serve(public, admin, shutdown).await;
         });
         TestServer { api: Client { addr }, admin: admin_addr, stop: Some(tx), runtime: Some(runtime) }
     }
