@@ -64,10 +64,11 @@ pub struct LeaseClaims<'a> {
     pub poll_secs: u32,
 }
 
-impl LeaseClaims<'_> {
+impl<'a> LeaseClaims<'a> {
     /// Signs these claims with `key`. Display-only fields (`content`, then
     /// `label`) are shortened in the token when needed to keep it within
-    /// 512 bytes; `None` if the identifying fields alone do not fit.
+    /// 512 bytes; `None` if the identifying fields alone do not fit. An
+    /// empty string is written as absent (which is how it reads back).
     pub fn mint(&self, key: &Key) -> Option<String> {
         // Each string's length is one byte and the limits two: refuse what
         // the layout cannot carry rather than sign something else.
@@ -78,9 +79,18 @@ impl LeaseClaims<'_> {
         }
         // Room for the longest key id, not just this key's: renewal may sign
         // with a newer key whose id is longer.
+        // An empty string reads back as absent: write it so, so that the
+        // same claims always make the same token (renewal relies on it).
+        let nonempty = |s: Option<&'a str>| s.filter(|s| !s.is_empty());
+        let mut claims = LeaseClaims {
+            group: self.group.filter(|g| !g.0.is_empty()),
+            device: nonempty(self.device),
+            label: nonempty(self.label),
+            content: nonempty(self.content),
+            ..*self
+        };
         let budget = (wire::MAX_TOKEN_LEN - PREFIX.len() - MAX_KID_LEN - 2 - MAC_B64_LEN) * 3 / 4;
-        let mut claims = *self;
-        let over = self.payload_len().saturating_sub(budget);
+        let over = claims.payload_len().saturating_sub(budget);
         if over > 0 {
             let content = claims.content.unwrap_or("");
             let cut = over.min(content.len());

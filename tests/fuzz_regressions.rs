@@ -35,6 +35,24 @@ fn claims<'a>() -> LeaseClaims<'a> {
     }
 }
 
+/// Found by `lease_token` (round trip) in its first seconds once renewal
+/// re-encoded only the expiry: claims with an empty label were minted with
+/// the label flagged present and zero bytes long, which reads back as no
+/// label; renewal kept those bytes while a fresh mint of what the token
+/// says (no label) spelled another token. Harmless (both say the same), but
+/// the same claims must make the same token: `mint` now writes an empty
+/// string as absent.
+#[test]
+fn empty_display_text_mints_the_same_token_as_none() {
+    let key = dev_server_key();
+    let ring = KeyRing::new(vec![key.clone()]).unwrap();
+    let empty = LeaseClaims { label: Some(""), content: Some(""), device: Some(""), ..claims() };
+    let token = empty.mint(&key).unwrap();
+    assert_eq!(Some(token.clone()), claims().mint(&key));
+    let lease = Lease::verify(&token, &ring, 0).unwrap();
+    assert_eq!(Some(lease.renew(9, &ring)), LeaseClaims { expires_ms: 9, ..claims() }.mint(&key));
+}
+
 /// Found while writing the `lease_token` round-trip property, whose claims
 /// were first drawn past the grant's field rules. `LeaseClaims::mint` wrote
 /// each string's length as one byte (`s.len() as u8`) and the limits as

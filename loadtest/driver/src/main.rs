@@ -146,9 +146,12 @@ struct RateArgs {
     /// Seconds to wait for outstanding answers after the last send.
     #[arg(long, default_value_t = 5.0)]
     drain: f64,
-    /// Print the p99.9 of every 1-second window.
+    /// Print the p99 and p99.9 of every window.
     #[arg(long)]
     windows: bool,
+    /// Length of a latency window, seconds (a soak reports per minute: 60).
+    #[arg(long, default_value_t = 1.0)]
+    window_secs: f64,
     /// Print a JSON summary line at the end.
     #[arg(long)]
     json: bool,
@@ -245,6 +248,7 @@ fn rate(a: &RateArgs) -> Result<(), String> {
         drain: secs(a.drain, "--drain")?,
         stop: None,
         probe: None,
+        window: secs(a.window_secs, "--window-secs")?,
     })?;
     report.print(a.windows);
     if a.json {
@@ -270,6 +274,7 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
         drain: Duration::from_secs(5),
         stop: Some(stop),
         probe: Some(Arc::new(move || created.created.load(Ordering::Relaxed))),
+        window: Duration::from_secs(1),
     };
     let beats = std::thread::Builder::new()
         .name("beats".into())

@@ -43,8 +43,10 @@ pub struct RateConfig {
     /// How long to wait for outstanding answers after the last send.
     pub drain: Duration,
     pub stop: Option<Arc<AtomicBool>>,
-    /// Sampled as each 1-second window opens (`grow`: sessions created).
+    /// Sampled as each window opens (`grow`: sessions created).
     pub probe: Option<Probe>,
+    /// Length of the latency windows (1 s; `soak` uses a minute).
+    pub window: Duration,
 }
 
 /// A number sampled at the start of each window, reported beside it.
@@ -94,10 +96,11 @@ impl ConnState {
     }
 }
 
-/// One second of intended send times.
+/// One window (`RateConfig::window`) of intended send times.
 #[derive(Debug, Clone)]
 pub struct Window {
     pub count: u64,
+    pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
     /// The generator's worst send lag in this window: a bad window with a
@@ -117,10 +120,11 @@ struct Stats {
     io_errors: u64,
     protocol_errors: u64,
     warmup_ns: u64,
+    window_ns: u64,
 }
 
 impl Stats {
-    fn new(warmup_ns: u64) -> Stats {
+    fn new(warmup_ns: u64, window_ns: u64) -> Stats {
         Stats {
             latency: hist(3),
             service: hist(3),
@@ -132,6 +136,7 @@ impl Stats {
             io_errors: 0,
             protocol_errors: 0,
             warmup_ns,
+            window_ns: window_ns.max(1),
         }
     }
 
@@ -145,7 +150,7 @@ impl Stats {
         self.service.saturating_record(us(now_ns.saturating_sub(s.sent_ns)));
         let lag = us(s.sent_ns.saturating_sub(s.intended_ns));
         self.lag.saturating_record(lag);
-        let w = ((s.intended_ns - self.warmup_ns) / 1_000_000_000) as usize;
+        let w = ((s.intended_ns - self.warmup_ns) / self.window_ns) as usize;
         while self.windows.len() <= w {
             self.windows.push(hist(2));
             self.windows_lag_max.push(0);
@@ -179,6 +184,7 @@ pub struct RateReport {
     pub service: Histogram<u64>,
     pub lag: Histogram<u64>,
     pub windows: Vec<Window>,
+    pub window_secs: f64,
 }
 
 fn ms(us: u64) -> f64 {
@@ -244,8 +250,9 @@ impl RateReport {
             for (i, w) in self.windows.iter().enumerate() {
                 let probe = w.probe.map(|p| format!("  sessions {p}")).unwrap_or_default();
                 println!(
-                    "  window {i:>4}: answers {:>7}  p99.9 {:>8.3} ms  max {:>8.3} ms  send lag max {:>8.3} ms{probe}",
+                    "  window {i:>4}: answers {:>7}  p99 {:>8.3} ms  p99.9 {:>8.3} ms  max {:>8.3} ms  send lag max {:>8.3} ms{probe}",
                     w.count,
+                    ms(w.p99_us),
                     ms(w.p999_us),
                     ms(w.max_us),
                     ms(w.lag_max_us)
@@ -254,7 +261,8 @@ impl RateReport {
         }
         if let Some((i, w)) = self.worst_window() {
             println!(
-                "  1-s windows: {}; worst p99.9 {:.3} ms in window {i} ({} answers, max {:.3} ms, send lag max {:.3} ms{})",
+                "  {}-s windows: {}; worst p99.9 {:.3} ms in window {i} ({} answers, max {:.3} ms, send lag max {:.3} ms{})",
+                self.window_secs,
                 self.windows.len(),
                 ms(w.p999_us),
                 w.count,
@@ -295,6 +303,9 @@ impl RateReport {
             "send_lag_p99_ms": Self::pct(&self.lag, 0.99),
             "send_lag_max_ms": if self.lag.is_empty() { 0.0 } else { ms(self.lag.max()) },
             "windows": self.windows.len(),
+            "window_secs": self.window_secs,
+            "window_p99_ms": self.windows.iter().map(|w| ms(w.p99_us)).collect::<Vec<_>>(),
+            "window_answers": self.windows.iter().map(|w| w.count).collect::<Vec<_>>(),
             "worst_window": worst.map(|(i, _)| i),
             "worst_window_p999_ms": worst.map_or(0.0, |(_, w)| ms(w.p999_us)),
             "worst_window_sessions": worst.and_then(|(_, w)| w.probe),
@@ -358,8 +369,12 @@ async fn drive(cfg: RateConfig) -> Result<RateReport, String> {
     let warmup_ns = cfg.warmup.as_nanos() as u64;
     // A short lead so that every reader is waiting before the first send.
     let t0 = Instant::now() + Duration::from_millis(20);
-    let shared =
-        Arc::new(Shared { conns: states, stats: Mutex::new(Stats::new(warmup_ns)), t0, finished: false.into() });
+    let shared = Arc::new(Shared {
+        conns: states,
+        stats: Mutex::new(Stats::new(warmup_ns, cfg.window.as_nanos() as u64)),
+        t0,
+        finished: false.into(),
+    });
 
     let tasks: Vec<_> = readers
         .into_iter()
@@ -403,13 +418,14 @@ async fn drive(cfg: RateConfig) -> Result<RateReport, String> {
             s.writer = None;
         }
     }
-    let stats = std::mem::replace(&mut *shared.stats.lock().map_err(|_| "stats lock poisoned")?, Stats::new(0));
+    let stats = std::mem::replace(&mut *shared.stats.lock().map_err(|_| "stats lock poisoned")?, Stats::new(0, 1));
     let windows = stats
         .windows
         .iter()
         .enumerate()
         .map(|(i, h)| Window {
             count: h.len(),
+            p99_us: if h.is_empty() { 0 } else { h.value_at_quantile(0.99) },
             p999_us: if h.is_empty() { 0 } else { h.value_at_quantile(0.999) },
             max_us: if h.is_empty() { 0 } else { h.max() },
             lag_max_us: stats.windows_lag_max.get(i).copied().unwrap_or(0),
@@ -432,6 +448,7 @@ async fn drive(cfg: RateConfig) -> Result<RateReport, String> {
         service: stats.service,
         lag: stats.lag,
         windows,
+        window_secs: cfg.window.as_secs_f64(),
     })
 }
 
@@ -441,6 +458,7 @@ fn pace(cfg: &RateConfig, shared: &Shared) -> Paced {
     let per_ns = 1e9 / cfg.rate;
     let intended = |k: u64| (k as f64 * per_ns) as u64;
     let warmup_ns = cfg.warmup.as_nanos() as u64;
+    let window_ns = (cfg.window.as_nanos() as u64).max(1);
     let end_ns = cfg.duration.map(|d| warmup_ns + d.as_nanos() as u64);
     let n = shared.conns.len() as u64;
     let mut paced = Paced { sent: 0, not_sent: 0, end_ns: warmup_ns, probes: Vec::new() };
@@ -455,7 +473,7 @@ fn pace(cfg: &RateConfig, shared: &Shared) -> Paced {
         if let Some(probe) = &cfg.probe
             && now >= warmup_ns
         {
-            let w = ((now - warmup_ns) / 1_000_000_000) as usize;
+            let w = ((now - warmup_ns) / window_ns) as usize;
             while paced.probes.len() <= w {
                 paced.probes.push(probe());
             }
@@ -637,6 +655,7 @@ mod tests {
             drain: Duration::from_secs(5),
             stop: None,
             probe: None,
+            window: Duration::from_secs(1),
         }
     }
 
