@@ -10,15 +10,17 @@
 #   2. start the server (--max-poll-secs 3600); baseline RSS (VmRSS);
 #   3. preload PRELOAD sessions (1M; users hold 1, 2, 3 sessions: 2 on average);
 #      RSS and bytes/session at 1M;
-#   4. RUNS times (interleaved, medians reported): wrk -t1 -c64 -d${DUR}s on
+#   4. fixed-rate heartbeats over the 1M sessions, open model: RATE/s for
+#      RATE_SECS s after RATE_WARMUP s, latency from each request's intended
+#      send time (coordinated omission corrected): p99 (target < 5 ms), errors
+#      (target 0); it runs before step 5 so that the map holds the 1M
+#      simulated viewers and nothing else;
+#   5. RUNS times (interleaved, medians reported): wrk -t1 -c64 -d${DUR}s on
 #      /healthz (admin port: the trivial-route baseline, wrk/healthz.lua so that
 #      every route pays the same wrk Lua-mode cost), on heartbeats
 #      (wrk/post.lua over the 1M sessions' tokens) and on starts
 #      (wrk/post.lua over fresh users' grants, a new file each run; starts add
 #      sessions); ratios heartbeat/healthz (target >= 0.85), start/heartbeat (>= 0.50);
-#   5. fixed-rate heartbeats, open model: RATE/s for RATE_SECS s after
-#      RATE_WARMUP s, latency from each request's intended send time
-#      (coordinated omission corrected): p99 (target < 5 ms), errors (target 0);
 #   6. memory: preload on to each of MEM_STEPS total live sessions (5M, 10M),
 #      RSS and bytes/session = (RSS - baseline) / live sessions (target <= 100)
 #      at each, and the server's idle CPU at the last step (the sweeper walks
@@ -26,7 +28,9 @@
 #      instead: `streamcap-driver grow` adds sessions from 0 to SESSIONS_MAX
 #      (legs ending at PRELOAD and each MEM_STEPS) while GROW_RATE heartbeats/s
 #      run; reported: the worst 1-second p99.9 window (target: none above 20 ms);
-#   7. wait until every session has expired (records = 0), RSS after expiry vs baseline.
+#   7. wait until every session has expired (records = 0), then 30 s more (the
+#      sweeper's memory release runs on that pass and the next), RSS after
+#      expiry vs baseline.
 #
 # Session lifetimes (ttl = 3 x poll) are chosen so that no token expires
 # before its last use and the final wait stays short:
@@ -292,7 +296,17 @@ RSS_1=$(rss)
 LIVE_1=$(live)
 log "preloaded: $(jq -r .created <<<"$PRELOAD_JSON") sessions at $PRELOAD_RATE/s; RSS $(mib "$RSS_1") MiB, live $LIVE_1"
 
-# ---- 4. throughput: healthz, heartbeat, start ----------------------------
+# ---- 4. fixed rate, on the preloaded sessions alone -----------------------
+
+phase_start "fixed rate ${RATE}/s x ${RATE_SECS}s"
+timeout $(( RATE_WARMUP + RATE_SECS + 120 )) "$DRIVER_BIN" rate --addr "$ADDR" --targets "$WORK/tokens.tsv" \
+    --rate "$RATE" --duration "$RATE_SECS" --warmup "$RATE_WARMUP" --conns "$RATE_CONNS" --json \
+    >"$WORK/rate.txt" 2>"$WORK/rate.err" || die "rate: $(tail -3 "$WORK/rate.err")"
+RATE_JSON=$(tail -1 "$WORK/rate.txt")
+grep -v '^{' "$WORK/rate.txt" >&2
+q() { jq -r "$1" <<<"$RATE_JSON"; }
+
+# ---- 5. throughput: healthz, heartbeat, start ----------------------------
 
 phase_start "throughput runs"
 for r in $(seq "$RUNS"); do
@@ -320,20 +334,9 @@ for i in "${!HZ[@]}"; do
     HB_RATIOS+=("$(ratio "${HB[$i]}" "${HZ[$i]}")")
     ST_RATIOS+=("$(ratio "${ST[$i]}" "${HB[$i]}")")
 done
-rm -f "$WORK"/grants-*.tsv
-
-# ---- 5. fixed rate ---------------------------------------------------------
-
-phase_start "fixed rate ${RATE}/s x ${RATE_SECS}s"
-timeout $(( RATE_WARMUP + RATE_SECS + 120 )) "$DRIVER_BIN" rate --addr "$ADDR" --targets "$WORK/tokens.tsv" \
-    --rate "$RATE" --duration "$RATE_SECS" --warmup "$RATE_WARMUP" --conns "$RATE_CONNS" --json \
-    >"$WORK/rate.txt" 2>"$WORK/rate.err" || die "rate: $(tail -3 "$WORK/rate.err")"
-RATE_JSON=$(tail -1 "$WORK/rate.txt")
-RATE_END=$(date +%s)
-EXPIRE_BY=$(( RATE_END + 3 * POLL_A ))
-grep -v '^{' "$WORK/rate.txt" >&2
-q() { jq -r "$1" <<<"$RATE_JSON"; }
-rm -f "$WORK/tokens.tsv"
+rm -f "$WORK"/grants-*.tsv "$WORK/tokens.tsv"
+# Every session of steps 3-5 was last started or renewed by now.
+EXPIRE_BY=$(( $(date +%s) + 3 * POLL_A ))
 
 # ---- 6. memory -------------------------------------------------------------
 
@@ -441,7 +444,9 @@ if [[ $SKIP_MEMORY != 1 ]]; then
         fi
         sleep 5
     done
-    settle 5
+    # The sweeper has the allocator release memory on the pass that saw the
+    # last records go and on the pass after; idle workers as they next park.
+    settle 30
     RSS_AFTER=$(rss)
     RECORDS_AFTER=$(metric streamcap_records)
 fi

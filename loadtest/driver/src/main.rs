@@ -152,6 +152,10 @@ struct RateArgs {
     /// Length of a latency window, seconds (a soak reports per minute: 60).
     #[arg(long, default_value_t = 1.0)]
     window_secs: f64,
+    /// Send each target's newest lease token (from its last `200`), as a
+    /// player does, so that a run can outlast the tokens in the file.
+    #[arg(long)]
+    follow_tokens: bool,
     /// Print a JSON summary line at the end.
     #[arg(long)]
     json: bool,
@@ -249,6 +253,7 @@ fn rate(a: &RateArgs) -> Result<(), String> {
         stop: None,
         probe: None,
         window: secs(a.window_secs, "--window-secs")?,
+        follow_tokens: a.follow_tokens,
     })?;
     report.print(a.windows);
     if a.json {
@@ -275,6 +280,7 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
         stop: Some(stop),
         probe: Some(Arc::new(move || created.created.load(Ordering::Relaxed))),
         window: Duration::from_secs(1),
+        follow_tokens: false,
     };
     let beats = std::thread::Builder::new()
         .name("beats".into())

@@ -47,6 +47,21 @@ pub struct RateConfig {
     pub probe: Option<Probe>,
     /// Length of the latency windows (1 s; `soak` uses a minute).
     pub window: Duration,
+    /// Present each target's newest token, as a player would: a `200` that
+    /// carries a `token` replaces the `Authorization` of the target it
+    /// answered. Lets a run outlast the targets' own token lifetime.
+    pub follow_tokens: bool,
+}
+
+/// Per target, the `Authorization` value of its newest token, once one came back.
+type Followed = Vec<Mutex<Option<Box<str>>>>;
+
+/// The lease token in a JSON answer (`"token":"…"`; tokens need no escaping).
+fn token_in(body: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = br#""token":""#;
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = body[at..].iter().position(|b| *b == b'"')?;
+    std::str::from_utf8(&body[at..at + len]).ok()
 }
 
 /// A number sampled at the start of each window, reported beside it.
@@ -58,6 +73,8 @@ struct Sent {
     intended_ns: u64,
     sent_ns: u64,
     measured: bool,
+    /// Index of the target line.
+    target: usize,
 }
 
 /// One connection as the pacer and its reader share it.
@@ -340,6 +357,8 @@ async fn open(addr: &str) -> io::Result<(StdStream, TcpStream)> {
 struct Shared {
     conns: Vec<Mutex<ConnState>>,
     stats: Mutex<Stats>,
+    /// With `follow_tokens`: one slot per target.
+    followed: Option<Followed>,
     t0: Instant,
     finished: AtomicBool,
 }
@@ -369,8 +388,10 @@ async fn drive(cfg: RateConfig) -> Result<RateReport, String> {
     let warmup_ns = cfg.warmup.as_nanos() as u64;
     // A short lead so that every reader is waiting before the first send.
     let t0 = Instant::now() + Duration::from_millis(20);
+    let followed = cfg.follow_tokens.then(|| (0..cfg.targets.len()).map(|_| Mutex::new(None)).collect());
     let shared = Arc::new(Shared {
         conns: states,
+        followed,
         stats: Mutex::new(Stats::new(warmup_ns, cfg.window.as_nanos() as u64)),
         t0,
         finished: false.into(),
@@ -488,11 +509,14 @@ fn pace(cfg: &RateConfig, shared: &Shared) -> Paced {
                 break;
             }
             let measured = due >= warmup_ns;
-            let t = cfg.targets.get(k as usize, &cfg.method);
+            let target = k as usize % cfg.targets.len();
+            let t = cfg.targets.get(target, &cfg.method);
+            let newest = shared.followed.as_ref().and_then(|f| f[target].lock().ok()?.clone());
+            let auth = newest.as_deref().unwrap_or(t.auth);
             if let Ok(mut c) = shared.conns[(k % n) as usize].lock() {
                 if c.writer.is_some() {
-                    write_request(&mut c.pending, t.method, t.path, host, t.auth);
-                    c.fifo.push_back(Sent { intended_ns: due, sent_ns: shared.now_ns(), measured });
+                    write_request(&mut c.pending, t.method, t.path, host, auth);
+                    c.fifo.push_back(Sent { intended_ns: due, sent_ns: shared.now_ns(), measured, target });
                     c.flush();
                     if measured {
                         paced.sent += 1;
@@ -533,6 +557,8 @@ fn pace(cfg: &RateConfig, shared: &Shared) -> Paced {
 async fn read_loop(i: usize, mut stream: TcpStream, shared: Arc<Shared>, addr: String) {
     let mut rbuf = ReadBuf::with_capacity(1 << 16);
     let mut statuses: Vec<u16> = Vec::with_capacity(256);
+    // With `follow_tokens`: (answer index, new Authorization value).
+    let mut tokens: Vec<(usize, Box<str>)> = Vec::new();
     loop {
         let failure: String = loop {
             rbuf.compact();
@@ -544,9 +570,16 @@ async fn read_loop(i: usize, mut stream: TcpStream, shared: Arc<Shared>, addr: S
             }
             let now = shared.now_ns();
             statuses.clear();
+            tokens.clear();
             let parse_error = loop {
                 match rbuf.peek() {
                     Ok(Some(r)) => {
+                        if shared.followed.is_some()
+                            && r.status == 200
+                            && let Some(token) = r.body.clone().and_then(|b| token_in(&rbuf.pending()[b]))
+                        {
+                            tokens.push((statuses.len(), format!("Bearer {token}").into()));
+                        }
                         statuses.push(r.status);
                         rbuf.consume(r.len);
                     }
@@ -562,6 +595,15 @@ async fn read_loop(i: usize, mut stream: TcpStream, shared: Arc<Shared>, addr: S
                     }
                     Err(_) => Vec::new(),
                 };
+                if let Some(followed) = &shared.followed {
+                    for (j, auth) in tokens.drain(..) {
+                        if let Some(s) = sent.get(j)
+                            && let Ok(mut slot) = followed[s.target].lock()
+                        {
+                            *slot = Some(auth);
+                        }
+                    }
+                }
                 if let Ok(mut st) = shared.stats.lock() {
                     for (s, status) in sent.iter().zip(&statuses) {
                         st.record(*s, now, *status);
@@ -656,7 +698,16 @@ mod tests {
             stop: None,
             probe: None,
             window: Duration::from_secs(1),
+            follow_tokens: false,
         }
+    }
+
+    #[test]
+    fn finds_the_token_in_an_answer() {
+        let body = br#"{"session_id":"00000000000000ff","token":"s1.dev.AAAA.BBBB","poll_after":30}"#;
+        assert_eq!(token_in(body), Some("s1.dev.AAAA.BBBB"));
+        assert_eq!(token_in(br#"{"error":"x"}"#), None);
+        assert_eq!(token_in(br#"{"token":"unterminated"#), None);
     }
 
     #[test]
