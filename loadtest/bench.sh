@@ -224,21 +224,12 @@ verdict() { if awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN {
 # Waits for the sweeper (every second) to publish fresh gauges.
 settle() { sleep "${1:-3}"; }
 
-# The live-session gauge, which the sweeper updates every second.
-live() { metric streamcap_live_sessions; }
+# Records held, exact at each scrape (live_sessions is as of the last sweep,
+# which on maps of millions runs tens of seconds apart). Before any token
+# expires, with no stops, every record is a live session.
+held() { metric streamcap_records; }
 
 # Waits until the gauge holds still (a sweep of 10M sessions takes a while), at most 30 s.
-settle_live() {
-    local a b
-    sleep 2
-    a=$(live)
-    for _ in $(seq 15); do
-        sleep 2
-        b=$(live)
-        [[ $a == "$b" ]] && break
-        a=$b
-    done
-}
 
 # wrk_run NAME ARGS...: one wrk run; sets WRK_RPS, WRK_BAD (status > 399) and
 # WRK_SOCK (socket errors); the raw output stays in WORKDIR.
@@ -291,9 +282,9 @@ timeout $(( PRELOAD / 1000 + 300 )) "$DRIVER_BIN" preload --addr "$ADDR" --sessi
 PRELOAD_JSON=$(tail -1 "$WORK/preload.txt")
 PRELOAD_RATE=$(jq -r .rate <<<"$PRELOAD_JSON")
 PRELOAD_BAD=$(jq -r '.non_201 + .io_errors' <<<"$PRELOAD_JSON")
-settle_live
+settle 2
 RSS_1=$(rss)
-LIVE_1=$(live)
+LIVE_1=$(held)
 log "preloaded: $(jq -r .created <<<"$PRELOAD_JSON") sessions at $PRELOAD_RATE/s; RSS $(mib "$RSS_1") MiB, live $LIVE_1"
 
 # ---- 4. fixed rate, on the preloaded sessions alone -----------------------
@@ -378,8 +369,7 @@ if [[ $SKIP_MEMORY != 1 ]]; then
         leg=0
         for target in "${GROW_STEPS[@]}"; do
             leg=$((leg + 1))
-            settle_live
-            n=$(( target - $(live) ))
+            n=$(( target - $(held) ))
             ((n > 0)) || continue
             timeout $(( n / 500 + 300 )) "$DRIVER_BIN" grow --addr "$ADDR" --sessions "$n" \
                 --beat-targets "$WORK/beats.tsv" --beat-rate "$GROW_RATE" --poll "$POLL_M" \
@@ -393,19 +383,18 @@ if [[ $SKIP_MEMORY != 1 ]]; then
                 GROW_WORST=$w
                 GROW_WORST_LAG=$(jq -r .worst_window_send_lag_max_ms <<<"$gj")
             fi
-            settle_live
+            settle 2
             r=$(rss)
-            l=$(live)
-            MEM_ROWS+=("RSS at $target (MiB) / bytes per session|$(mib "$r") / $(per_session "$r" "$RSS_BASE" "$l")|live $l; grow $(jq -r .preload.rate <<<"$gj")/s, beats p99 $(jq -r .p99_ms <<<"$gj") ms, worst 1-s p99.9 $w ms|<= 100 B|$(bytes_verdict "$r" "$RSS_BASE" "$l")")
-            log "grow leg $leg: live $l, RSS $(mib "$r") MiB, worst window p99.9 $w ms"
+            l=$(held)
+            MEM_ROWS+=("RSS at $target (MiB) / bytes per session|$(mib "$r") / $(per_session "$r" "$RSS_BASE" "$l")|sessions $l; grow $(jq -r .preload.rate <<<"$gj")/s, beats p99 $(jq -r .p99_ms <<<"$gj") ms, worst 1-s p99.9 $w ms|<= 100 B|$(bytes_verdict "$r" "$RSS_BASE" "$l")")
+            log "grow leg $leg: sessions $l, RSS $(mib "$r") MiB, worst window p99.9 $w ms"
         done
     else
         phase_start "memory: preload on to ${STEPS[*]}"
         k=0
         for target in "${STEPS[@]}"; do
             k=$((k + 1))
-            settle_live
-            n=$(( target - $(live) ))
+            n=$(( target - $(held) ))
             rate_k="- (already there)"
             if ((n > 0)); then
                 timeout $(( n / 1000 + 300 )) "$DRIVER_BIN" preload --addr "$ADDR" --sessions "$n" \
@@ -413,12 +402,12 @@ if [[ $SKIP_MEMORY != 1 ]]; then
                     die "preload to $target: $(tail -3 "$WORK/mem-$k.txt")"
                 rate_k=$(tail -1 "$WORK/mem-$k.txt" | jq -r .rate)
             fi
-            settle_live
+            settle 2
             r=$(rss)
-            l=$(live)
+            l=$(held)
             ok=$(awk -v l="$l" -v t="$target" 'BEGIN { print (l >= 0.98 * t) ? "" : " (fewer than planned: expired?)" }')
-            MEM_ROWS+=("RSS at $target (MiB) / bytes per session|$(mib "$r") / $(per_session "$r" "$RSS_BASE" "$l")|live $l$ok; preload $rate_k/s, poll $POLL_M s|<= 100 B|$(bytes_verdict "$r" "$RSS_BASE" "$l")")
-            log "at $target: live $l, RSS $(mib "$r") MiB"
+            MEM_ROWS+=("RSS at $target (MiB) / bytes per session|$(mib "$r") / $(per_session "$r" "$RSS_BASE" "$l")|sessions $l$ok; preload $rate_k/s, poll $POLL_M s|<= 100 B|$(bytes_verdict "$r" "$RSS_BASE" "$l")")
+            log "at $target: sessions $l, RSS $(mib "$r") MiB"
         done
     fi
     now=$(date +%s)
@@ -467,7 +456,7 @@ TABLE=$WORK/table.md
     echo "|---|---|---|---|---|"
     echo "| baseline RSS (MiB) | $(mib "$RSS_BASE_FIRST") | dev mode, no sessions | | |"
     echo "| preload $PRELOAD (sessions/s) | $PRELOAD_RATE | non-201 or i/o errors: $PRELOAD_BAD; poll $POLL_A s | | $(verdict "$PRELOAD_BAD" "==" 0) |"
-    echo "| RSS at $PRELOAD (MiB) / bytes per session | $(mib "$RSS_1") / $(per_session "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") | live $LIVE_1 | <= 100 B | $(bytes_verdict "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") |"
+    echo "| RSS at $PRELOAD (MiB) / bytes per session | $(mib "$RSS_1") / $(per_session "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") | sessions $LIVE_1 | <= 100 B | $(bytes_verdict "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") |"
     echo "| healthz, wrk -t1 -c$WRK_CONNS (req/s, median) | $HZ_MED | ${HZ[*]} | | |"
     echo "| heartbeat, post.lua over tokens (req/s, median) | $HB_MED | ${HB[*]}; non-200: $HB_BAD | | $(verdict "$HB_BAD" "==" 0) |"
     echo "| start, post.lua over grants (req/s, median) | $ST_MED | ${ST[*]}; non-201: $ST_BAD | | $(verdict "$ST_BAD" "==" 0) |"

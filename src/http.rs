@@ -355,6 +355,7 @@ pub async fn serve_admin(api: Arc<Api>, req: Request<Incoming>) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/metrics") => {
+            api.limiter.publish_records();
             let text = api.limiter.metrics().render();
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(

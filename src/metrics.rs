@@ -162,7 +162,7 @@ impl Collector for Metrics {
         gauge(
             &mut e,
             "streamcap_records",
-            "Session records held (live, unswept and tombstones).",
+            "Session records held now (live, unswept and tombstones).",
             get(&self.records) as i64,
         )?;
         counter(&mut e, "streamcap_starts_admitted", "Starts admitted.", get(&self.starts_admitted))?;
