@@ -229,8 +229,6 @@ settle() { sleep "${1:-3}"; }
 # expires, with no stops, every record is a live session.
 held() { metric streamcap_records; }
 
-# Waits until the gauge holds still (a sweep of 10M sessions takes a while), at most 30 s.
-
 # wrk_run NAME ARGS...: one wrk run; sets WRK_RPS, WRK_BAD (status > 399) and
 # WRK_SOCK (socket errors); the raw output stays in WORKDIR.
 WRK_N=0

@@ -222,11 +222,13 @@ async fn sweep_loop(api: Arc<Api>, every: Duration, freed: Option<FreedHook>, mu
                         paused += PAUSE;
                     });
                     let busy = began.elapsed().saturating_sub(paused);
-                    if state.after(&swept)
-                        && let Some(hook) = freed
-                    {
+                    let (hook_now, hurry) = state.after(&swept);
+                    if hook_now && let Some(hook) = freed {
                         hook();
                     }
+                    // While a mass expiry is being cleared, the next pass comes
+                    // at once rather than after its CPU budget.
+                    let busy = if hurry { Duration::ZERO } else { busy };
                     (busy, state)
                 })
                 .await
@@ -252,18 +254,20 @@ struct Freeing {
 }
 
 impl Freeing {
-    /// Takes in a pass; whether to call the hook now.
-    fn after(&mut self, swept: &Swept) -> bool {
+    /// Takes in a pass: whether to call the hook now, and whether this pass
+    /// alone dropped many records (a mass expiry is under way).
+    fn after(&mut self, swept: &Swept) -> (bool, bool) {
         let dropped = swept.expired.max(self.records.saturating_sub(swept.records));
+        let many = |n: usize| n >= FREED_HOOK_AFTER.max(swept.records / 8);
         self.records = swept.records;
         self.dropped += dropped;
         let trailing = std::mem::take(&mut self.trailing);
-        if self.dropped >= FREED_HOOK_AFTER.max(swept.records / 8) {
+        if many(self.dropped) {
             self.dropped = 0;
             self.trailing = true;
-            return true;
+            return (true, many(dropped));
         }
-        trailing
+        (trailing, many(dropped))
     }
 }
 
@@ -303,20 +307,26 @@ mod tests {
     #[test]
     fn the_freed_hook_runs_after_many_drops_and_on_the_pass_after() {
         let mut f = Freeing::default();
-        assert!(!f.after(&pass(100_000, 0)), "growing");
-        assert!(!f.after(&pass(97_000, 3_000)));
+        assert!(!f.after(&pass(100_000, 0)).0, "growing");
+        assert!(!f.after(&pass(97_000, 3_000)).0);
         // 6,000 dropped in all: over 4,096 and over an eighth of 94,000.
-        assert!(!f.after(&pass(94_000, 3_000)), "6,000 < 94,000 / 8");
-        assert!(f.after(&pass(80_000, 14_000)), "20,000 >= 80,000 / 8");
-        assert!(f.after(&pass(80_000, 0)), "the trailing pass");
-        assert!(!f.after(&pass(80_000, 0)));
+        assert!(!f.after(&pass(94_000, 3_000)).0, "6,000 < 94,000 / 8");
+        assert!(f.after(&pass(80_000, 14_000)).0, "20,000 >= 80,000 / 8");
+        assert!(f.after(&pass(80_000, 0)).0, "the trailing pass");
+        assert!(!f.after(&pass(80_000, 0)).0);
         // A big drop on a trailing pass starts its own round.
-        assert!(f.after(&pass(60_000, 20_000)));
-        assert!(f.after(&pass(0, 60_000)), "trailing, and a round of its own");
-        assert!(f.after(&pass(0, 0)), "its trailing pass");
-        assert!(!f.after(&pass(0, 0)));
+        assert!(f.after(&pass(60_000, 20_000)).0);
+        assert!(f.after(&pass(0, 60_000)).0, "trailing, and a round of its own");
+        assert!(f.after(&pass(0, 0)).0, "its trailing pass");
+        assert!(!f.after(&pass(0, 0)).0);
         // Expired sessions count even when starts keep the total level.
-        assert!(!f.after(&pass(80_000, 5_000)));
-        assert!(f.after(&pass(80_000, 5_000)));
+        assert!(!f.after(&pass(80_000, 5_000)).0);
+        assert!(f.after(&pass(80_000, 5_000)).0);
+        // A pass that drops many records on its own hurries the next one.
+        let mut f = Freeing::default();
+        assert_eq!(f.after(&pass(10_000_000, 0)), (false, false));
+        assert_eq!(f.after(&pass(5_000_000, 5_000_000)), (true, true));
+        assert_eq!(f.after(&pass(4_900_000, 100_000)), (true, false), "trailing, no hurry");
+        assert_eq!(f.after(&pass(0, 4_900_000)), (true, true));
     }
 }

@@ -4,12 +4,15 @@
 #   bash loadtest/profile/expiry-rss.sh [BINARY]     # default: target/release/streamcap
 #
 # Starts BINARY on free loopback ports, reads its baseline RSS, preloads N
-# sessions with poll 3 s (tokens live 9 s), waits until streamcap_records is
-# 0, then prints RSS 5, 15 and 30 s later and the largest mappings by RSS.
+# sessions with poll POLL s (default 3: tokens live 9 s; give N / 100,000 s
+# or more for large N, so that none expires during the preload), waits until
+# streamcap_records is 0, then prints RSS 5, 15 and 30 s later and the
+# largest mappings by RSS.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${1:-$ROOT/target/release/streamcap}
 N=${N:-1000000}
+POLL=${POLL:-3}
 DRIVER=$ROOT/loadtest/driver/target/release/streamcap-driver
 port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(port) ADMIN=$(port)
@@ -20,9 +23,9 @@ sleep 1
 rss() { awk '/^VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$P/status"; }
 records() { curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '$1 == "streamcap_records" { print $2 }'; }
 echo "baseline $(rss)"
-"$DRIVER" preload --addr "127.0.0.1:$PORT" --sessions "$N" --poll 3 >/dev/null 2>&1
+"$DRIVER" preload --addr "127.0.0.1:$PORT" --sessions "$N" --poll "$POLL" >/dev/null 2>&1
 echo "$N sessions: $(rss) (peak $(awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$P/status"))"
-for i in $(seq 300); do [[ $(records) == 0 ]] && break; sleep 1; done
+for i in $(seq 900); do [[ $(records) == 0 ]] && break; sleep 1; done
 echo "records 0 after ${i}s: $(rss)"
 for t in 5 10 15; do sleep "$t"; echo "  +$t s: $(rss)"; done
 echo "largest mappings (kB):"
