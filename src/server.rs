@@ -226,16 +226,15 @@ async fn sweep_loop(api: Arc<Api>, every: Duration, freed: Option<FreedHook>, mu
                     if hook_now && let Some(hook) = freed {
                         hook();
                     }
-                    // While a mass expiry is being cleared, the next pass comes
-                    // at once rather than after its CPU budget.
-                    let busy = if hurry { Duration::ZERO } else { busy };
-                    (busy, state)
+                    (busy, hurry, state)
                 })
                 .await
                 .unwrap_or_default();
-                let busy;
-                (busy, freeing) = outcome;
-                wait = every.max(busy * 49);
+                let (busy, hurry);
+                (busy, hurry, freeing) = outcome;
+                // While a mass expiry is being cleared, the next pass comes at
+                // once rather than after its CPU budget.
+                wait = if hurry { every } else { every.max(busy * 49) };
             }
         }
     }
