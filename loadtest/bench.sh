@@ -283,7 +283,7 @@ PRELOAD_BAD=$(jq -r '.non_201 + .io_errors' <<<"$PRELOAD_JSON")
 settle 2
 RSS_1=$(rss)
 LIVE_1=$(held)
-log "preloaded: $(jq -r .created <<<"$PRELOAD_JSON") sessions at $PRELOAD_RATE/s; RSS $(mib "$RSS_1") MiB, live $LIVE_1"
+log "preloaded: $(jq -r .created <<<"$PRELOAD_JSON") sessions at $PRELOAD_RATE/s; RSS $(mib "$RSS_1") MiB, sessions $LIVE_1"
 
 # ---- 4. fixed rate, on the preloaded sessions alone -----------------------
 
