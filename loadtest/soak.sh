@@ -17,11 +17,16 @@
 # Latency is measured from each request's intended send time (coordinated
 # omission corrected) in one-minute windows.
 #
-# Verdicts (minute 1 is warm-up and left out): RSS, descriptors and p99 of
-# the last five minutes against the first five after warm-up: RSS at most
+# Verdicts: RSS, descriptors and p99 of the last five minutes against the
+# five minutes ending at mid-run (the first half is warm-up): RSS at most
 # +5% (and +8 MiB), descriptors at most +2, p99 at most 1.5x and +1 ms;
 # after expiry, RSS within 16 MiB (or 25% of the peak's growth) of the
-# baseline.
+# baseline. The first five minutes after minute 1 are printed beside them.
+# Why the first half is warm-up: under churn the map's table reaches its
+# steady size only at its first resize, when deleted slots have filled it
+# (about minute 12 with the defaults): papaya doubles a table that is at
+# least half live, so a map of 300,000 users grows once from 2^19 to 2^20
+# slots, then rehashes in place (BENCHMARKS.md, "Soak").
 #
 # Environment (defaults in brackets):
 #   SOAK_MINUTES [30]  measured minutes
@@ -170,21 +175,23 @@ print(f"\nplayers: sent {players['sent']}, answered {players['answered']}, error
 if churn:
     print(f"churn: sent {churn['sent']}, 201 {churn_ok}, errors {churn['errors']} (statuses {churn['statuses']})")
 
+half = len(rows) // 2
 def drift(values, name, rel, absolute):
-    first, last = values[1:6], values[-5:]
+    early, mid, last = values[1:6], values[max(half - 5, 0):half], values[-5:]
     if len(values) < 11:
-        first, last = values[1:2] or values[:1], values[-1:]
-    a, b = statistics.mean(first), statistics.mean(last)
+        early, mid, last = values[1:2] or values[:1], values[half - 1:half] or values[:1], values[-1:]
+    e, a, b = (statistics.mean(w) for w in (early, mid, last))
     ok = b <= a * (1 + rel) + absolute
-    return f"| {name} | {a:.2f} | {b:.2f} | {b - a:+.2f} | {'yes' if ok else '**no**'} |", ok
+    return f"| {name} | {e:.2f} | {a:.2f} | {b:.2f} | {b - a:+.2f} | {'yes' if ok else '**no**'} |", ok
 
 rss = [mib(r[1]) for r in rows]
 fd = [int(r[2]) for r in rows]
 lines, oks = [], []
 for line, ok in [drift(rss, "RSS (MiB)", 0.05, 8), drift(fd, "descriptors", 0, 2), drift(p99[:len(rows)], "p99 (ms)", 0.5, 1)]:
     lines.append(line); oks.append(ok)
-print("\n| drift (first 5 min after warm-up vs last 5) | first | last | change | flat |")
-print("|---|---|---|---|---|")
+print(f"\n| drift (5 min to mid-run vs last 5) | minutes 2-6 | minutes {max(half - 4, 1)}-{half} | last 5 "
+      f"| change | flat |")
+print("|---|---|---|---|---|---|")
 print("\n".join(lines))
 back = after - base <= max(16, 0.25 * (peak - base))
 print(f"\nafter the load stopped and every session expired (records {records_after}): RSS {after:.1f} MiB "
