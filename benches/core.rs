@@ -1,13 +1,15 @@
 //! Hot functions of the request path, each beside a naive baseline in the
 //! same group: grant and lease-token verification and minting, and admission
 //! and renewal on a store holding 1M users, against a `Mutex<HashMap>` store
-//! that runs the same per-user rules.
+//! that runs the same per-user rules, renewals also from two threads at once.
 //!
 //! `cargo bench --bench core` (about 3 minutes here).
 
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Mutex;
+use std::thread;
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use streamcap::grant::{self, GrantClaims, PollBounds, Tenant, Tenants};
@@ -134,11 +136,20 @@ fn admission(id: u64, now: u64) -> Admission<'static> {
     }
 }
 
+/// The heartbeat of user `i`'s session (id `i`), renewing it to a full ttl.
+fn beat_of(i: usize) -> Beat<'static> {
+    fn rebuild() -> Session {
+        unreachable!("every benchmarked session exists: a rebuild means one was lost")
+    }
+    let id = SessionId(i as u64);
+    Beat { id, rebuild: &rebuild, limits: LIMITS, token_expires_ms: NOW + TTL, renew_to_ms: NOW + TTL }
+}
+
 /// Exercises one store through `admit` and `heartbeat` closures.
 fn store_benches<A, H>(c: &mut Criterion, group: &str, name: &str, admit: A, heartbeat: H)
 where
     A: Fn(UserKey, &Admission<'_>, u64) -> bool,
-    H: Fn(UserKey, &Beat<'_>, u64) -> bool,
+    H: Fn(UserKey, &Beat<'_>, u64) -> bool + Sync,
 {
     let hasher = Store::new(0, [5; 32]);
     let keys: Vec<UserKey> = (0..USERS).map(|i| hasher.user_key("acme", &format!("user-{i}"))).collect();
@@ -153,11 +164,27 @@ where
     g.bench_function(format!("renew_{name}"), |b| {
         b.iter(|| {
             i = (i + 7919) % keys.len();
-            let id = SessionId(i as u64);
-            let rebuild = || Session { id, started_ms: NOW, expires_ms: NOW + TTL, info: None };
-            let beat =
-                Beat { id, rebuild: &rebuild, limits: LIMITS, token_expires_ms: NOW + TTL, renew_to_ms: NOW + TTL };
-            assert!(heartbeat(keys[i], &beat, NOW + 1));
+            assert!(heartbeat(keys[i], &beat_of(i), NOW + 1));
+        })
+    });
+    // The same renewals from two threads at once, on disjoint strides (this
+    // machine has two cores): wall time per renewal, so the lock shows.
+    g.bench_function(format!("renew_2_threads_{name}"), |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            thread::scope(|s| {
+                for t in 0..2 {
+                    let (keys, heartbeat) = (&keys, &heartbeat);
+                    s.spawn(move || {
+                        let mut i = t * keys.len() / 2;
+                        for _ in 0..iters.div_ceil(2) {
+                            i = (i + 7919) % keys.len();
+                            assert!(heartbeat(keys[i], &beat_of(i), NOW + 1));
+                        }
+                    });
+                }
+            });
+            start.elapsed()
         })
     });
     // Admit: time moves on a full ttl per lap, so each visit finds the
