@@ -246,8 +246,7 @@ impl<'t> Lease<'t> {
                 continue;
             }
             let n = *b.get(at)? as usize;
-            let s = b.get(at + 1..at + 1 + n)?;
-            std::str::from_utf8(s).ok()?;
+            b.get(at + 1..at + 1 + n)?;
             *slot = ((at + 1) as u16, n as u8);
             at += 1 + n;
         }
@@ -267,7 +266,9 @@ impl<'t> Lease<'t> {
     fn str_at(&self, i: usize) -> Option<&str> {
         let (start, len) = self.strs[i];
         let bytes = &self.buf[start as usize..start as usize + len as usize];
-        // Checked in `index`; an empty slot means absent.
+        // An empty slot means absent. Only `mint` (from `&str`) writes what a
+        // valid MAC covers, so the check is for safety alone: it is made as a
+        // string is read, not also in `index`.
         (len > 0).then(|| std::str::from_utf8(bytes).unwrap_or_default())
     }
 
