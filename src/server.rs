@@ -243,8 +243,10 @@ async fn sweep_loop(api: Arc<Api>, every: Duration, freed: Option<FreedHook>, mu
 /// When the sweeper calls the [`FreedHook`]: once the records dropped since
 /// its last call (expired sessions, ended tombstones) reach
 /// `FREED_HOOK_AFTER` and an eighth of those still held, and once more on
-/// the pass after, when what that pass retired (papaya's batches, a
-/// swapped-out map) has been freed too.
+/// the pass after, when what that pass retired (papaya's batches) has been
+/// freed too; and on the pass that lets go of an emptied map, whose table
+/// is freed only then (after the last sessions expired, often minutes after
+/// the last mass drop).
 #[derive(Clone, Copy, Default)]
 struct Freeing {
     records: usize,
@@ -266,7 +268,7 @@ impl Freeing {
             self.trailing = true;
             return (true, many(dropped));
         }
-        (trailing, many(dropped))
+        (trailing || swept.released_map, many(dropped))
     }
 }
 
@@ -327,5 +329,10 @@ mod tests {
         assert_eq!(f.after(&pass(5_000_000, 5_000_000)), (true, true));
         assert_eq!(f.after(&pass(4_900_000, 100_000)), (true, false), "trailing, no hurry");
         assert_eq!(f.after(&pass(0, 4_900_000)), (true, true));
+        // Letting go of an emptied map frees its table: collect then too.
+        let mut f = Freeing::default();
+        assert_eq!(f.after(&pass(0, 0)), (false, false));
+        assert_eq!(f.after(&Swept { released_map: true, ..pass(0, 0) }), (true, false));
+        assert_eq!(f.after(&pass(0, 0)), (false, false));
     }
 }

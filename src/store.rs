@@ -88,6 +88,9 @@ pub struct Swept {
     pub records: usize,
     /// Live sessions that expired and were removed.
     pub expired: usize,
+    /// An emptied map swapped out by an earlier pass was let go in this one:
+    /// its table has just been freed.
+    pub released_map: bool,
 }
 
 impl Store {
@@ -225,8 +228,7 @@ impl Store {
     /// that a pass over a large map can yield the CPU in small steps instead
     /// of holding a core for tens of milliseconds.
     pub fn sweep_paced(&self, now: u64, pause: &mut dyn FnMut()) -> Swept {
-        self.merge_retired(now);
-        let mut swept = Swept::default();
+        let mut swept = Swept { released_map: self.merge_retired(now), ..Swept::default() };
         let current = self.map.load_full();
         let map = current.pin();
         for (i, (user, slots)) in map.iter().enumerate() {
@@ -270,12 +272,13 @@ impl Store {
     }
 
     /// Moves whatever requests wrote to the retired map while it was being
-    /// swapped out into the current map, once no request can still hold it.
-    fn merge_retired(&self, now: u64) {
+    /// swapped out into the current map, once no request can still hold it,
+    /// and lets it go; whether it did.
+    fn merge_retired(&self, now: u64) -> bool {
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         let due = retired.as_ref().is_some_and(|(_, at)| now >= at + RETIRE_GRACE_MS);
         if !due {
-            return;
+            return false;
         }
         if let Some((old, _)) = retired.take() {
             let current = self.map.load();
@@ -284,6 +287,7 @@ impl Store {
                 Self::update_in(&current, &self.records, *user, |mine| (Some(policy::merge(mine, slots)), ()));
             }
         }
+        true
     }
 }
 
@@ -365,10 +369,11 @@ mod tests {
             },
             0,
         );
-        assert_eq!(store.sweep(1000), Swept { users: 1, live: 1, records: 2, expired: 0 });
-        assert_eq!(store.sweep(90_000), Swept { users: 1, live: 0, records: 1, expired: 1 });
-        assert_eq!(store.sweep(200_000), Swept { users: 1, live: 0, records: 1, expired: 0 });
-        assert_eq!(store.sweep(200_001), Swept { users: 0, live: 0, records: 0, expired: 0 });
+        let swept = |users, live, records, expired| Swept { users, live, records, expired, released_map: false };
+        assert_eq!(store.sweep(1000), swept(1, 1, 2, 0));
+        assert_eq!(store.sweep(90_000), swept(1, 0, 1, 1));
+        assert_eq!(store.sweep(200_000), swept(1, 0, 1, 0));
+        assert_eq!(store.sweep(200_001), swept(0, 0, 0, 0));
         assert_eq!(store.records(), 0);
     }
 
@@ -391,7 +396,10 @@ mod tests {
             (Some(vec![Slot::Live(admission(7, 100_000, 1).session)].into_boxed_slice()), ())
         });
         store.admit(late, &admission(8, 100_000, 2), 100_000).unwrap();
-        assert_eq!(store.sweep(100_000 + RETIRE_GRACE_MS), Swept { users: 1, live: 2, records: 2, expired: 0 });
+        assert!(!store.sweep(100_000 + RETIRE_GRACE_MS - 1).released_map, "within the grace period");
+        let swept = store.sweep(100_000 + RETIRE_GRACE_MS);
+        assert_eq!(swept, Swept { users: 1, live: 2, records: 2, expired: 0, released_map: true });
+        assert!(!store.sweep(100_000 + RETIRE_GRACE_MS).released_map, "once");
         assert_eq!(store.records(), 2);
         assert!(store.retired.lock().unwrap().is_none());
     }
