@@ -26,7 +26,9 @@
 # steady size only at its first resize, when deleted slots have filled it
 # (about minute 12 with the defaults): papaya doubles a table that is at
 # least half live, so a map of 300,000 users grows once from 2^19 to 2^20
-# slots, then rehashes in place (BENCHMARKS.md, "Soak").
+# slots, then rehashes in place (BENCHMARKS.md, "Soak"). So a run shorter
+# than ~25 minutes at the default rates reads that one-time growth as drift
+# (a 15-minute run does), and one under 11 minutes compares single minutes.
 #
 # Environment (defaults in brackets):
 #   SOAK_MINUTES [30]  measured minutes
