@@ -37,6 +37,7 @@
 #   CONNS [64]         connections of the players' stream
 #   CHURN_RATE [200]   starts per second of short-lived sessions (0: none)
 #   CHURN_POLL [5]     their poll, seconds
+#   AFTER_SECS [30]    RSS read this long after the last session expired
 #   SKIP_BUILD [0]     1: use the binaries already built
 #   WORKDIR [mktemp]   scratch files; removed at the end unless KEEP=1
 #   OUT [unset]        also write the report to this file
@@ -51,6 +52,7 @@ CHURN_RATE=${CHURN_RATE:-200}
 CHURN_POLL=${CHURN_POLL:-5}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
+AFTER_SECS=${AFTER_SECS:-30}
 
 log() { echo "[soak $(date +%T)] $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -145,7 +147,7 @@ while [[ $(metric streamcap_records) != 0 ]]; do
     (($(date +%s) < deadline)) || { log "gave up waiting: $(metric streamcap_records) records left"; break; }
     sleep 5
 done
-sleep 30
+sleep "$AFTER_SECS"
 RSS_AFTER=$(rss_kib)
 FDS_AFTER=$(fds)
 RECORDS_AFTER=$(metric streamcap_records)
