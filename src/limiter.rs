@@ -321,13 +321,13 @@ impl Limiter {
         self.sweep_paced(now, &mut || {})
     }
 
-    /// [`Limiter::sweep`], pausing as [`Store::sweep_paced`] does.
     /// Puts the exact number of records held into `streamcap_records` (the
     /// other gauges are as of the last sweep).
     pub fn publish_records(&self) {
         self.metrics.records.store(self.store.records(), Ordering::Relaxed);
     }
 
+    /// [`Limiter::sweep`], pausing as [`Store::sweep_paced`] does.
     pub fn sweep_paced(&self, now: u64, pause: &mut dyn FnMut()) -> Swept {
         let swept = self.store.sweep_paced(now, pause);
         let m = &self.metrics;
