@@ -129,7 +129,7 @@ const LIMITS: Limits<'static> = Limits { limit: 2, policy: Policy::RejectNew, gr
 
 fn admission(id: u64, now: u64) -> Admission<'static> {
     Admission {
-        session: Session { id: SessionId(id), started_ms: now, expires_ms: now + TTL, info: None },
+        session: Session { id: SessionId(id), started_ms: now, expires_ms: (now + TTL).into(), info: None },
         limits: LIMITS,
         replace: None,
         unknown_until_ms: now + TTL,

@@ -76,7 +76,7 @@ fn main() {
     let store = Store::new(1024, [9; 32]);
     let key = |user: &str| store.user_key("acme", user);
     let admit = |user: &str, id: u64, now: u64, ttl: u64| {
-        let session = Session { id: SessionId(id), started_ms: now, expires_ms: now + ttl, info: None };
+        let session = Session { id: SessionId(id), started_ms: now, expires_ms: (now + ttl).into(), info: None };
         let a = Admission { session, limits: LIMITS, replace: None, unknown_until_ms: now + ttl };
         store.admit(key(user), &a, now).is_ok()
     };

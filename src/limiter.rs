@@ -178,7 +178,7 @@ impl Limiter {
             session: Session {
                 id,
                 started_ms: now,
-                expires_ms,
+                expires_ms: expires_ms.into(),
                 info: Info::new(claims.device, claims.label, claims.content, group.map(|g| g.0)),
             },
             limits: Limits { limit: g.limit, policy: g.policy, group },
@@ -233,7 +233,7 @@ impl Limiter {
         let rebuild = || Session {
             id,
             started_ms: c.started_ms,
-            expires_ms: c.expires_ms,
+            expires_ms: c.expires_ms.into(),
             info: Info::new(c.device, c.label, c.content, c.group.map(|g| g.0)),
         };
         let beat = Beat {

@@ -6,6 +6,7 @@
 //! it loses a race). Nothing here does I/O, reads a clock or counts metrics.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::wire::{MAX_RECORDS_PER_USER, Policy, SessionId, SessionView, StopReason, TOKEN_LEEWAY_MS, unix_secs};
 
@@ -43,8 +44,75 @@ impl Info {
 pub struct Session {
     pub id: SessionId,
     pub started_ms: u64,
-    pub expires_ms: u64,
+    pub expires_ms: Expiry,
     pub info: Option<Arc<Info>>,
+}
+
+/// A session's expiry, in Unix ms. The rules here read and write it like a
+/// plain number on their own copies; in the store it is also the one field
+/// a heartbeat renews in place ([`Expiry::renew`]) instead of copying the
+/// user's records. A writer that copies records freezes their expiries
+/// first ([`Expiry::freeze`]): from then on an in-place renewal of that copy
+/// fails (and takes the copying path), so none is lost.
+pub struct Expiry(AtomicU64);
+
+impl Expiry {
+    /// Set while a writer copies the records holding this expiry.
+    const FROZEN: u64 = 1 << 63;
+
+    pub fn new(ms: u64) -> Expiry {
+        // Unix ms stay far below the flag; a larger value saturates.
+        Expiry(AtomicU64::new(ms.min(Self::FROZEN - 1)))
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire) & !Self::FROZEN
+    }
+
+    pub fn set(&mut self, ms: u64) {
+        *self = Expiry::new(ms);
+    }
+
+    /// Marks the records holding this expiry as being copied; returns the
+    /// final value, which no in-place renewal can change any more.
+    pub fn freeze(&self) -> u64 {
+        self.0.fetch_or(Self::FROZEN, Ordering::AcqRel) & !Self::FROZEN
+    }
+
+    /// Sets the expiry to `to_ms` if it is still after `now` and not frozen.
+    pub fn renew(&self, now: u64, to_ms: u64) -> bool {
+        let seen = self.0.load(Ordering::Acquire);
+        seen & Self::FROZEN == 0
+            && seen > now
+            && self.0.compare_exchange(seen, to_ms.min(Self::FROZEN - 1), Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+}
+
+impl From<u64> for Expiry {
+    fn from(ms: u64) -> Expiry {
+        Expiry::new(ms)
+    }
+}
+
+/// A copy is a new record: never frozen.
+impl Clone for Expiry {
+    fn clone(&self) -> Expiry {
+        Expiry::new(self.get())
+    }
+}
+
+impl PartialEq for Expiry {
+    fn eq(&self, other: &Expiry) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for Expiry {}
+
+impl std::fmt::Debug for Expiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
 }
 
 impl Session {
@@ -62,7 +130,7 @@ impl Session {
     }
 
     pub fn view(&self) -> SessionView {
-        view(Some(self.id), self.started_ms, Some(self.expires_ms), self.info.as_deref())
+        view(Some(self.id), self.started_ms, Some(self.expires_ms.get()), self.info.as_deref())
     }
 }
 
@@ -91,7 +159,12 @@ pub struct By {
 
 impl By {
     pub fn session(s: &Session) -> Arc<By> {
-        Arc::new(By { id: Some(s.id), started_ms: s.started_ms, expires_ms: Some(s.expires_ms), info: s.info.clone() })
+        Arc::new(By {
+            id: Some(s.id),
+            started_ms: s.started_ms,
+            expires_ms: Some(s.expires_ms.get()),
+            info: s.info.clone(),
+        })
     }
 
     pub fn view(&self) -> SessionView {
@@ -128,7 +201,7 @@ impl Slot {
     /// last millisecond at which one of its tokens is still accepted.
     pub fn is_expired(&self, now: u64) -> bool {
         match self {
-            Slot::Live(s) => s.expires_ms <= now,
+            Slot::Live(s) => s.expires_ms.get() <= now,
             Slot::Stopped(t) => t.until_ms < now,
         }
     }
@@ -163,10 +236,7 @@ impl Working {
     }
 
     fn live(&self) -> impl Iterator<Item = &Session> {
-        self.slots.iter().filter_map(|s| match s {
-            Slot::Live(s) => Some(s),
-            Slot::Stopped(_) => None,
-        })
+        live_in(&self.slots)
     }
 
     fn find(&self, id: SessionId) -> Option<usize> {
@@ -175,7 +245,7 @@ impl Working {
 
     fn stop_at(&mut self, i: usize, reason: StopReason, by: Option<Arc<By>>, now: u64) {
         if let Slot::Live(s) = &self.slots[i] {
-            let until_ms = s.expires_ms.max(now) + TOKEN_LEEWAY_MS;
+            let until_ms = s.expires_ms.get().max(now) + TOKEN_LEEWAY_MS;
             self.slots[i] = Slot::Stopped(Tombstone { id: s.id, reason, until_ms, by });
         }
     }
@@ -197,32 +267,47 @@ impl Working {
         ids
     }
 
-    /// How many units `units` would return, without allocating in the
-    /// common case (limits counted in sessions).
     fn count_units(&self, pick: impl Fn(&Session) -> bool, by_device: bool) -> usize {
-        if by_device { self.units(pick, true).len() } else { self.live().filter(|s| pick(s)).count() }
+        count_units(&self.slots, pick, by_device)
     }
 
-    /// Live sessions that `pick` selects, grouped into the units a limit
-    /// counts (one per session, or one per device under
-    /// `reject_new_device`), oldest unit first.
     fn units(&self, pick: impl Fn(&Session) -> bool, by_device: bool) -> Vec<Vec<SessionId>> {
-        let mut live: Vec<&Session> = self.live().filter(|s| pick(s)).collect();
-        live.sort_by_key(|s| s.age());
-        let mut units: Vec<(Option<&str>, Vec<SessionId>)> = Vec::with_capacity(live.len());
-        for s in live {
-            let device = if by_device { s.device() } else { None };
-            match units.iter_mut().find(|(d, _)| device.is_some() && *d == device) {
-                Some((_, ids)) => ids.push(s.id),
-                None => units.push((device, vec![s.id])),
-            }
-        }
-        units.into_iter().map(|(_, ids)| ids).collect()
+        units(&self.slots, pick, by_device)
     }
 
     fn into_slots(self) -> Box<[Slot]> {
         self.slots.into_boxed_slice()
     }
+}
+
+fn live_in(slots: &[Slot]) -> impl Iterator<Item = &Session> {
+    slots.iter().filter_map(|s| match s {
+        Slot::Live(s) => Some(s),
+        Slot::Stopped(_) => None,
+    })
+}
+
+/// How many units `units` would return, without allocating in the common
+/// case (limits counted in sessions).
+fn count_units(slots: &[Slot], pick: impl Fn(&Session) -> bool, by_device: bool) -> usize {
+    if by_device { units(slots, pick, true).len() } else { live_in(slots).filter(|s| pick(s)).count() }
+}
+
+/// Live sessions that `pick` selects, grouped into the units a limit counts
+/// (one per session, or one per device under `reject_new_device`), oldest
+/// unit first.
+fn units(slots: &[Slot], pick: impl Fn(&Session) -> bool, by_device: bool) -> Vec<Vec<SessionId>> {
+    let mut live: Vec<&Session> = live_in(slots).filter(|s| pick(s)).collect();
+    live.sort_by_key(|s| s.age());
+    let mut units: Vec<(Option<&str>, Vec<SessionId>)> = Vec::with_capacity(live.len());
+    for s in live {
+        let device = if by_device { s.device() } else { None };
+        match units.iter_mut().find(|(d, _)| device.is_some() && *d == device) {
+            Some((_, ids)) => ids.push(s.id),
+            None => units.push((device, vec![s.id])),
+        }
+    }
+    units.into_iter().map(|(_, ids)| ids).collect()
 }
 
 fn in_group<'a>(group: Option<&'a str>) -> impl Fn(&Session) -> bool + 'a {
@@ -369,6 +454,29 @@ pub enum BeatOutcome {
     Full,
 }
 
+/// The common heartbeat, recognised without copying anything: the session
+/// is here and live, nothing of the user's is due at `now`, and both limits
+/// hold. Then [`heartbeat`] would change only this session's expiry, to
+/// `b.renew_to_ms`, which the store does in place ([`Expiry::renew`]).
+/// `None`: the full rule has to run.
+pub fn renewable<'s>(current: &'s [Slot], b: &Beat<'_>, now: u64) -> Option<&'s Session> {
+    let mut me = None;
+    for slot in current {
+        if slot.is_expired(now) {
+            return None;
+        }
+        if slot.id() == b.id {
+            me = Some(slot);
+        }
+    }
+    let Some(Slot::Live(me)) = me else { return None };
+    let lim = b.limits;
+    let within_group = lim.group.is_none_or(|(group, group_limit)| {
+        count_units(current, in_group(Some(group)), lim.by_device()) <= group_limit as usize
+    });
+    (within_group && count_units(current, |_| true, lim.by_device()) <= lim.limit as usize).then_some(me)
+}
+
 /// SPEC §6: find or rebuild the session, re-validate the user's limits by
 /// the caller's policy, renew.
 pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
@@ -413,7 +521,7 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
     let expired = w.expired;
     match me.map(|i| &mut w.slots[i]) {
         Some(Slot::Live(s)) => {
-            s.expires_ms = b.renew_to_ms;
+            s.expires_ms.set(b.renew_to_ms);
             BeatOutcome::Renewed { slots: w.into_slots(), healed, stopped, expired }
         }
         Some(Slot::Stopped(t)) => {
@@ -504,7 +612,7 @@ pub fn merge(mine: &[Slot], theirs: &[Slot]) -> Box<[Slot]> {
             Some(m) => {
                 let take = match (&*m, t) {
                     (Slot::Live(_), Slot::Stopped(_)) => true,
-                    (Slot::Live(a), Slot::Live(b)) => b.expires_ms > a.expires_ms,
+                    (Slot::Live(a), Slot::Live(b)) => b.expires_ms.get() > a.expires_ms.get(),
                     (Slot::Stopped(a), Slot::Stopped(b)) => b.until_ms > a.until_ms,
                     (Slot::Stopped(_), Slot::Live(_)) => false,
                 };
@@ -536,7 +644,7 @@ mod tests {
     const TTL: u64 = 90_000;
 
     fn session(id: u64, started_ms: u64) -> Session {
-        Session { id: SessionId(id), started_ms, expires_ms: started_ms + TTL, info: None }
+        Session { id: SessionId(id), started_ms, expires_ms: Expiry::new(started_ms + TTL), info: None }
     }
 
     fn with_info(mut s: Session, device: Option<&str>, group: Option<&str>) -> Session {
@@ -558,7 +666,7 @@ mod tests {
     }
 
     fn beat(slots: &[Slot], s: Session, l: Limits<'_>, now: u64) -> BeatOutcome {
-        let (id, token_expires_ms) = (s.id, s.expires_ms);
+        let (id, token_expires_ms) = (s.id, s.expires_ms.get());
         let rebuild = move || s.clone();
         heartbeat(slots, &Beat { id, rebuild: &rebuild, limits: l, token_expires_ms, renew_to_ms: now + TTL }, now)
     }
@@ -786,5 +894,73 @@ mod tests {
         // Tombstones answer through their last millisecond, then go.
         assert_eq!(prune(&slots, T0 + 500_000).map(|(s, _)| s.len()), Some(1), "session 7 still answers");
         assert_eq!(prune(&slots, T0 + 500_001).map(|(s, _)| s.len()), Some(0));
+    }
+
+    #[test]
+    fn renewable_is_exactly_a_heartbeat_that_only_renews() {
+        // Every combination of three records, limits, policies and groups:
+        // the in-place path must take a heartbeat if and only if the full
+        // rule would change nothing but the caller's expiry.
+        let now = T0 + 10_000;
+        let variant = |id: u64, v: usize| -> Option<Slot> {
+            let s = |start: u64, device, group| with_info(session(id, start), device, group);
+            Some(match v {
+                0 => return None,
+                1 => Slot::Live(session(id, T0 + id)),
+                2 => Slot::Live(s(T0 + id, Some("tv"), Some("g"))),
+                3 => Slot::Live(s(T0 + 10 * id, Some("tv"), None)),
+                4 => Slot::Live(Session { expires_ms: now.into(), ..session(id, T0) }),
+                5 => {
+                    Slot::Stopped(Tombstone { id: SessionId(id), reason: StopReason::Kicked, until_ms: now, by: None })
+                }
+                _ => Slot::Stopped(Tombstone {
+                    id: SessionId(id),
+                    reason: StopReason::Ended,
+                    until_ms: now - 1,
+                    by: None,
+                }),
+            })
+        };
+        let (mut cases, mut renewable_cases) = (0, 0);
+        for code in 0..7 * 7 * 7 {
+            let slots: Vec<Slot> = (0..3).filter_map(|i| variant(i as u64 + 1, code / 7usize.pow(i) % 7)).collect();
+            for policy in [RejectNew, EvictOldest, RejectNewDevice] {
+                for limit in 1..=3 {
+                    for group in [None, Some(("g", 1)), Some(("g", 2))] {
+                        cases += 1;
+                        let l = Limits { limit, policy, group };
+                        let rebuild = || session(1, T0);
+                        let b = Beat {
+                            id: SessionId(1),
+                            rebuild: &rebuild,
+                            limits: l,
+                            token_expires_ms: now + TTL,
+                            renew_to_ms: now + TTL,
+                        };
+                        let only_renewed = match heartbeat(&slots, &b, now) {
+                            BeatOutcome::Renewed { slots: after, healed: false, stopped, expired: 0 }
+                                if stopped.is_empty() =>
+                            {
+                                let mut want = slots.clone();
+                                for slot in &mut want {
+                                    if let Slot::Live(s) = slot
+                                        && s.id == b.id
+                                    {
+                                        s.expires_ms.set(b.renew_to_ms);
+                                    }
+                                }
+                                *after == want[..]
+                            }
+                            _ => false,
+                        };
+                        let fast = renewable(&slots, &b, now);
+                        assert_eq!(fast.is_some(), only_renewed, "{slots:?} {l:?}");
+                        assert!(fast.is_none_or(|me| me.id == b.id));
+                        renewable_cases += usize::from(only_renewed);
+                    }
+                }
+            }
+        }
+        assert!(renewable_cases > cases / 10, "{renewable_cases} of {cases}");
     }
 }

@@ -4,6 +4,14 @@
 //! [`crate::policy`], so two concurrent starts can never both take the last
 //! slot. The closure may run more than once under contention: it only
 //! computes, and counters are bumped from the final result.
+//!
+//! The one exception is the common heartbeat, which changes nothing but its
+//! session's expiry ([`policy::renewable`]): that is renewed in place with a
+//! compare-and-swap on the stored record, without copying the user's
+//! records or allocating. Every `compute` first freezes the expiries of the
+//! records it copies ([`policy::Expiry::freeze`]), so an in-place renewal
+//! either lands before the copy (and is copied) or fails on the frozen
+//! record and takes the `compute` path: none is lost.
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -152,6 +160,7 @@ impl Store {
         let map = map.pin();
         let result = map.compute(user, |entry| {
             let current = entry.map_or(&[][..], |(_, v)| &v[..]);
+            freeze(current);
             let (next, t) = rule(current);
             out = Some(t);
             match next {
@@ -187,6 +196,9 @@ impl Store {
     }
 
     pub fn heartbeat(&self, user: UserKey, b: &Beat<'_>, now: u64) -> Beaten {
+        if self.renew_in_place(user, b, now) {
+            return Beaten::Renewed { healed: false, stopped: 0, expired: 0 };
+        }
         self.update(user, |current| match policy::heartbeat(current, b, now) {
             BeatOutcome::Renewed { slots, healed, stopped, expired } => {
                 (Some(slots), Beaten::Renewed { healed, stopped: stopped.len(), expired })
@@ -197,6 +209,15 @@ impl Store {
             BeatOutcome::Stopped(t) => (None, Beaten::Stopped(t)),
             BeatOutcome::Full => (None, Beaten::Full),
         })
+    }
+
+    /// The common heartbeat without a copy: whether it was done.
+    fn renew_in_place(&self, user: UserKey, b: &Beat<'_>, now: u64) -> bool {
+        let map = self.map.load();
+        let map = map.pin();
+        map.get(&user)
+            .and_then(|slots| policy::renewable(slots, b, now))
+            .is_some_and(|me| me.expires_ms.renew(now, b.renew_to_ms))
     }
 
     pub fn stop(&self, user: UserKey, s: &Stop, now: u64) -> Stopped {
@@ -283,6 +304,7 @@ impl Store {
         if let Some((old, _)) = retired.take() {
             let current = self.map.load();
             for (user, slots) in old.pin().iter() {
+                freeze(slots);
                 self.records.fetch_sub(slots.len() as i64, Ordering::Relaxed);
                 Self::update_in(&current, &self.records, *user, |mine| (Some(policy::merge(mine, slots)), ()));
             }
@@ -307,21 +329,31 @@ fn new_map(capacity: usize) -> Map {
         .build()
 }
 
+/// Marks `slots` as being copied by a writer: in-place renewals of them
+/// fail from here on (see the module docs).
+fn freeze(slots: &[Slot]) {
+    for slot in slots {
+        if let Slot::Live(s) = slot {
+            s.expires_ms.freeze();
+        }
+    }
+}
+
 /// (records, live sessions) of one user at `now`.
 fn count(slots: &[Slot], now: u64) -> (usize, usize) {
-    let live = slots.iter().filter(|s| matches!(s, Slot::Live(l) if l.expires_ms > now)).count();
+    let live = slots.iter().filter(|s| matches!(s, Slot::Live(l) if l.expires_ms.get() > now)).count();
     (slots.len(), live)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Limits;
+    use crate::policy::{Beat, Limits};
     use std::sync::Arc;
 
     fn admission(id: u64, now: u64, limit: u32) -> Admission<'static> {
         Admission {
-            session: Session { id: SessionId(id), started_ms: now, expires_ms: now + 90_000, info: None },
+            session: Session { id: SessionId(id), started_ms: now, expires_ms: (now + 90_000).into(), info: None },
             limits: Limits { limit, policy: Policy::RejectNew, group: None },
             replace: None,
             unknown_until_ms: now + 95_000,
@@ -402,6 +434,79 @@ mod tests {
         assert!(!store.sweep(100_000 + RETIRE_GRACE_MS).released_map, "once");
         assert_eq!(store.records(), 2);
         assert!(store.retired.lock().unwrap().is_none());
+    }
+
+    fn beat_of<'a>(id: u64, renew_to_ms: u64, rebuild: &'a dyn Fn() -> Session) -> Beat<'a> {
+        Beat {
+            id: SessionId(id),
+            rebuild,
+            limits: Limits { limit: 8, policy: Policy::RejectNew, group: None },
+            token_expires_ms: renew_to_ms,
+            renew_to_ms,
+        }
+    }
+
+    #[test]
+    fn a_plain_heartbeat_renews_in_place() {
+        let store = Store::new(16, [1; 32]);
+        let a = store.user_key("acme", "alice");
+        store.admit(a, &admission(1, 0, 8), 0).unwrap();
+        let rebuild = || admission(1, 0, 8).session;
+        let records = || store.map.load().pin().get(&a).map(|r| r.as_ptr());
+        let before = records();
+        assert!(matches!(store.heartbeat(a, &beat_of(1, 120_000, &rebuild), 1000), Beaten::Renewed { .. }));
+        assert_eq!(records(), before, "the same records, renewed in place");
+        assert_eq!(store.live(a, Policy::RejectNew, 1000).1[0].expires_ms.get(), 120_000);
+
+        // Anything more than a renewal takes the copying path: here, healing.
+        let rebuild2 = || admission(2, 0, 8).session;
+        store.heartbeat(a, &beat_of(2, 120_000, &rebuild2), 1000);
+        assert_ne!(records(), before);
+        assert_eq!(store.live(a, Policy::RejectNew, 1000).0, 2);
+    }
+
+    #[test]
+    fn renewals_in_place_are_never_lost_to_concurrent_copies() {
+        // One thread renews session 1 with ever later expiries while another
+        // keeps rewriting the same user's records (a copy, as every start,
+        // stop and sweep makes).
+        // A renewal written into records that a writer had already copied
+        // would be lost: the last renewal must be what the store holds.
+        let store = Store::new(16, [1; 32]);
+        let a = store.user_key("acme", "alice");
+        store.admit(a, &admission(1, 0, 8), 0).unwrap();
+        let rounds = 20_000u64;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (last, in_place) = std::thread::scope(|s| {
+            let beats = s.spawn(|| {
+                let rebuild = || admission(1, 0, 8).session;
+                let (mut last, mut in_place) = (0, 0);
+                for i in 1..=rounds {
+                    let to = 100_000 + i;
+                    let map_ptr = || store.map.load().pin().get(&a).map(|r| r.as_ptr());
+                    let before = map_ptr();
+                    match store.heartbeat(a, &beat_of(1, to, &rebuild), 1) {
+                        Beaten::Renewed { .. } => last = to,
+                        other => panic!("{other:?}"),
+                    }
+                    in_place += usize::from(map_ptr() == before);
+                    // Whatever copy the writer installs from now on has it.
+                    let held = store.live(a, Policy::RejectNew, 1).1.iter().map(|s| s.expires_ms.get()).max();
+                    assert_eq!(held, Some(to), "renewal {i} lost ({in_place} done in place so far)");
+                }
+                (last, in_place)
+            });
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    store.update(a, |current| (Some(current.into()), ()));
+                }
+            });
+            let result = beats.join();
+            done.store(true, Ordering::Relaxed);
+            result.unwrap()
+        });
+        assert_eq!(last, 100_000 + rounds);
+        assert!(in_place > 0, "no renewal was done in place");
     }
 
     #[test]
