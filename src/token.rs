@@ -1,13 +1,20 @@
 //! Lease tokens (SPEC §3): `s1.<kid>.<payload>.<mac>`, where `payload` is a
-//! compact binary record in base64url and `mac` the keyed BLAKE3 hash, with
-//! the server key `kid`, of everything before the last dot.
+//! compact binary record in base64url and `mac` a 128-bit tag: the first 16
+//! bytes of the keyed BLAKE3 hash, with the server key `kid`, of everything
+//! before the last dot, in base64url (22 characters). Tokens minted before
+//! the tag was shortened carry all 32 bytes (43 characters); they are still
+//! accepted, and renewing one gives a token with the short tag.
 //!
 //! A token carries all a node needs to rebuild its session, so verifying one
 //! touches no shared state and allocates nothing: the payload is decoded
-//! into a stack buffer and read in place. Renewal re-signs the same payload
-//! with only the expiry changed; as base64 turns every 3 bytes into 4
-//! characters independently, it re-encodes just the 12 bytes (16
-//! characters) around the expiry and copies the rest of the text.
+//! into a stack buffer and read in place. The tag is not decoded: the
+//! expected one is encoded and the two texts compared in constant time,
+//! which also refuses a non-canonical spelling of the right bytes.
+//!
+//! Renewal re-signs the same payload with only the expiry changed; as
+//! base64 turns every 3 bytes into 4 characters independently, it
+//! re-encodes just the 12 bytes (16 characters) around the expiry and copies
+//! the rest of the text.
 //!
 //! Payload layout (little-endian):
 //!
@@ -29,7 +36,11 @@ use crate::keys::{Key, KeyRing, MAX_KID_LEN};
 use crate::wire::{self, Policy, SessionId};
 
 const PREFIX: &str = "s1.";
-const MAC_B64_LEN: usize = 43;
+/// The tag: the keyed hash cut to 16 bytes, 22 characters of base64url.
+const TAG_LEN: usize = 16;
+const TAG_B64_LEN: usize = 22;
+/// The whole 32-byte hash, as tokens of earlier versions carry it.
+const LEGACY_TAG_B64_LEN: usize = 43;
 const FIXED_LEN: usize = 31;
 const EXPIRY_AT: usize = 17;
 /// The whole base64 groups holding the expiry: payload bytes 15..27, text 20..36.
@@ -89,7 +100,7 @@ impl<'a> LeaseClaims<'a> {
             content: nonempty(self.content),
             ..*self
         };
-        let budget = (wire::MAX_TOKEN_LEN - PREFIX.len() - MAX_KID_LEN - 2 - MAC_B64_LEN) * 3 / 4;
+        let budget = (wire::MAX_TOKEN_LEN - PREFIX.len() - MAX_KID_LEN - 2 - TAG_B64_LEN) * 3 / 4;
         let over = claims.payload_len().saturating_sub(budget);
         if over > 0 {
             let content = claims.content.unwrap_or("");
@@ -167,8 +178,16 @@ fn sign(key: &Key, write: impl FnOnce(&mut String)) -> String {
     write(&mut token);
     let mac = blake3::keyed_hash(&key.secret, token.as_bytes());
     token.push('.');
-    push_b64::<MAC_B64_LEN>(&mut token, mac.as_bytes());
+    push_b64::<TAG_B64_LEN>(&mut token, &mac.as_bytes()[..TAG_LEN]);
     token
+}
+
+/// Whether `tag` is the `N`-character base64url of `mac`. Encodes `mac`
+/// rather than decoding `tag`, and compares the texts in constant time.
+fn tag_matches<const N: usize>(mac: &[u8], tag: &str) -> bool {
+    let mut buf = [0u8; N];
+    let n = B64.encode_slice(mac, &mut buf).unwrap_or_default();
+    n == N && constant_time_eq::constant_time_eq(&buf, tag.as_bytes())
 }
 
 /// Appends the base64url of `bytes`, which must be exactly `N` characters
@@ -210,17 +229,20 @@ impl<'t> Lease<'t> {
             return Err(MALFORMED);
         }
         let dot = token.bytes().rposition(|b| b == b'.').ok_or(MALFORMED)?;
-        let (signed, mac_b64) = (&token[..dot], &token[dot + 1..]);
+        let (signed, tag) = (&token[..dot], &token[dot + 1..]);
         let rest = signed.strip_prefix(PREFIX).ok_or(MALFORMED)?;
         let dot = rest.bytes().position(|b| b == b'.').ok_or(MALFORMED)?;
         let (kid, payload_b64) = (&rest[..dot], &rest[dot + 1..]);
         let key = keys.find(kid).ok_or(InvalidToken("unknown key id"))?;
-        let mut mac = [0u8; 32];
-        if mac_b64.len() != MAC_B64_LEN || B64.decode_slice(mac_b64, &mut mac) != Ok(32) {
+        if tag.len() != TAG_B64_LEN && tag.len() != LEGACY_TAG_B64_LEN {
             return Err(MALFORMED);
         }
-        // `Hash == [u8; 32]` compares in constant time.
-        if blake3::keyed_hash(&key.secret, signed.as_bytes()) != mac {
+        let mac = blake3::keyed_hash(&key.secret, signed.as_bytes());
+        let genuine = match tag.len() {
+            TAG_B64_LEN => tag_matches::<TAG_B64_LEN>(&mac.as_bytes()[..TAG_LEN], tag),
+            _ => tag_matches::<LEGACY_TAG_B64_LEN>(mac.as_bytes(), tag),
+        };
+        if !genuine {
             return Err(InvalidToken("token signature does not match"));
         }
         let mut lease = Lease { buf: [0; MAX_PAYLOAD], len: 0, text: payload_b64, kid, strs: [(0, 0); 6] };
@@ -309,13 +331,14 @@ impl<'t> Lease<'t> {
     /// The same lease with a new expiry, signed with the ring's signing key.
     ///
     /// Every token this version mints leaves room for the longest key id,
-    /// so the fast path always fits. A token minted with less room (by an
-    /// earlier version, under a shorter key id) is re-minted, shortening
+    /// and one of an earlier version (with its 43-character tag) loses 21
+    /// characters here, more than any key id adds; so the fast path always
+    /// fits them. A token signed with less room is re-minted, shortening
     /// its display text; if even that cannot fit, it stays with the key
     /// that signed it.
     pub fn renew(&self, expires_ms: u64, keys: &KeyRing) -> String {
         let signing = keys.signing();
-        let fits = |key: &Key| PREFIX.len() + key.kid.len() + self.text.len() + 2 + MAC_B64_LEN <= wire::MAX_TOKEN_LEN;
+        let fits = |key: &Key| PREFIX.len() + key.kid.len() + self.text.len() + 2 + TAG_B64_LEN <= wire::MAX_TOKEN_LEN;
         if fits(signing) {
             return self.resign(expires_ms, signing);
         }
@@ -417,12 +440,14 @@ mod tests {
         assert!(renewed.starts_with("s1.kkkk"));
         assert!(Lease::verify(&renewed, &both, 0).is_ok());
 
-        // Tokens that used all the room a one-character key id leaves (as
-        // earlier versions minted): re-minted with a shorter label, or, when
-        // the identifying fields alone are too long, kept with their own key.
-        let (tenant, user, device, label) = ("t".repeat(40), "u".repeat(128), "d".repeat(128), "l".repeat(40));
-        let room_short = (wire::MAX_TOKEN_LEN - PREFIX.len() - 1 - 2 - MAC_B64_LEN) * 3 / 4;
-        let room_long = (wire::MAX_TOKEN_LEN - PREFIX.len() - MAX_KID_LEN - 2 - MAC_B64_LEN) * 3 / 4;
+        // Tokens that use all the room a one-character key id leaves (no
+        // version mints these with the short tag; earlier versions' are
+        // legacy tokens, which shrink when renewed, see below): re-minted
+        // with a shorter label, or, when the identifying fields alone are
+        // too long, kept with their own key.
+        let (tenant, user, device, label) = ("t".repeat(55), "u".repeat(128), "d".repeat(128), "l".repeat(50));
+        let room_short = (wire::MAX_TOKEN_LEN - PREFIX.len() - 1 - 2 - TAG_B64_LEN) * 3 / 4;
+        let room_long = (wire::MAX_TOKEN_LEN - PREFIX.len() - MAX_KID_LEN - 2 - TAG_B64_LEN) * 3 / 4;
         for (tenant, label, signer) in [("acme", Some(&*label), "kkkk"), (&*tenant, None, "a.")] {
             let c = LeaseClaims { tenant, user: &user, device: Some(&device), label, content: None, ..claims() };
             let mut buf = [0u8; MAX_PAYLOAD];
@@ -436,6 +461,149 @@ mod tests {
             let again = Lease::verify(&renewed, &both, 0).unwrap();
             let again = again.claims();
             assert_eq!((again.tenant, again.user, again.device, again.expires_ms), (c.tenant, c.user, c.device, 1));
+        }
+    }
+
+    /// A token as versions before the 16-byte tag signed it: the whole
+    /// 32-byte keyed hash, 43 characters.
+    fn legacy_sign(key: &Key, payload: &[u8]) -> String {
+        let mut token = format!("{PREFIX}{}.", key.kid);
+        B64.encode_string(payload, &mut token);
+        let mac = blake3::keyed_hash(&key.secret, token.as_bytes());
+        token.push('.');
+        B64.encode_string(mac.as_bytes(), &mut token);
+        token
+    }
+
+    fn legacy_token(c: &LeaseClaims, key: &Key) -> String {
+        let mut buf = [0u8; MAX_PAYLOAD];
+        let len = c.write_payload(&mut buf);
+        legacy_sign(key, &buf[..len])
+    }
+
+    fn tag(token: &str) -> &str {
+        token.rsplit_once('.').unwrap().1
+    }
+
+    #[test]
+    fn a_new_tag_is_the_first_16_bytes_of_the_keyed_hash_in_22_characters() {
+        let ring = ring();
+        let token = claims().mint(ring.signing()).unwrap();
+        let (signed, tag) = token.rsplit_once('.').unwrap();
+        assert_eq!(tag.len(), 22);
+        // What SECURITY.md tells other languages to check.
+        let mac = blake3::keyed_hash(&ring.signing().secret, signed.as_bytes());
+        assert_eq!(tag, B64.encode(&mac.as_bytes()[..16]));
+        let renewed = Lease::verify(&token, &ring, 0).unwrap().renew(1, &ring);
+        assert_eq!(self::tag(&renewed).len(), 22);
+    }
+
+    #[test]
+    fn legacy_tokens_verify_and_renew_to_the_short_tag() {
+        let ring = ring();
+        // Signed by the older key, as a token held across the upgrade and a rotation.
+        let old = ring.find("s1").unwrap();
+        let token = legacy_token(&claims(), old);
+        assert_eq!(tag(&token).len(), 43);
+        let lease = Lease::verify(&token, &ring, 1_700_000_000_500).unwrap();
+        assert_eq!(lease.claims(), claims());
+
+        let renewed = lease.renew(1_700_000_200_000, &ring);
+        assert_eq!(tag(&renewed).len(), 22);
+        assert!(renewed.starts_with("s1.s2."));
+        let want = LeaseClaims { expires_ms: 1_700_000_200_000, ..claims() };
+        assert_eq!(Some(renewed.clone()), want.mint(ring.signing()));
+        assert_eq!(Lease::verify(&renewed, &ring, 1_700_000_100_000).unwrap().claims(), want);
+
+        // Tampered anywhere, the legacy token is refused.
+        for i in 0..token.len() {
+            let mut bytes = token.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let t = String::from_utf8(bytes).unwrap();
+            assert!(Lease::verify(&t, &ring, 0).is_err(), "flip at {i}");
+        }
+        // Its tag under another key, or another key's tag, is refused.
+        let foreign = legacy_token(&claims(), &Key { kid: "s1".into(), secret: [9; 32] });
+        assert_eq!(Lease::verify(&foreign, &ring, 0).unwrap_err(), InvalidToken("token signature does not match"));
+    }
+
+    #[test]
+    fn a_full_legacy_token_renews_whole_under_the_longest_key_id() {
+        // The longest payload an earlier version signed under a one-character
+        // key id: the 21 characters its tag gives back cover the key id's 15.
+        let short = Key { kid: "a".into(), secret: [1; 32] };
+        let long = Key { kid: "k".repeat(MAX_KID_LEN).into(), secret: [2; 32] };
+        let both = KeyRing::new(vec![long, short.clone()]).unwrap();
+        let legacy_room = (wire::MAX_TOKEN_LEN - PREFIX.len() - 1 - 2 - LEGACY_TAG_B64_LEN) * 3 / 4;
+        let (user, device) = ("u".repeat(128), "d".repeat(128));
+        let base = LeaseClaims { user: &user, device: Some(&device), label: None, ..claims() };
+        let label = "l".repeat(legacy_room - base.payload_len() - 1);
+        let c = LeaseClaims { label: Some(&label), ..base };
+        let token = legacy_token(&c, &short);
+        assert_eq!(c.payload_len(), legacy_room);
+        assert!(token.len() <= wire::MAX_TOKEN_LEN && token.len() + 4 > wire::MAX_TOKEN_LEN, "{} bytes", token.len());
+        let lease = Lease::verify(&token, &both, 0).unwrap();
+        let renewed = lease.renew(1, &both);
+        assert!(renewed.len() <= wire::MAX_TOKEN_LEN, "{} bytes", renewed.len());
+        assert!(renewed.starts_with(&format!("s1.{}.", "k".repeat(MAX_KID_LEN))), "{renewed}");
+        assert_eq!(tag(&renewed).len(), 22);
+        // Nothing shortened: the same payload with the new expiry.
+        assert_eq!(Lease::verify(&renewed, &both, 0).unwrap().claims(), LeaseClaims { expires_ms: 1, ..c });
+    }
+
+    #[test]
+    fn tags_of_other_lengths_or_non_canonical_spellings_are_refused() {
+        let ring = ring();
+        let new = claims().mint(ring.signing()).unwrap();
+        let legacy = legacy_token(&claims(), ring.signing());
+        assert!(Lease::verify(&legacy, &ring, 0).is_ok());
+        let signed = &new[..new.len() - 22];
+        let full = tag(&legacy);
+        for n in [0, 1, 16, 21, 23, 32, 42, 44, 64] {
+            // The genuine tag's text, cut or padded to `n` characters.
+            let text: String = full.chars().chain(std::iter::repeat('A')).take(n).collect();
+            let t = format!("{signed}{text}");
+            assert_eq!(Lease::verify(&t, &ring, 0).unwrap_err(), InvalidToken("malformed token"), "{n} characters");
+        }
+
+        // The last character carries unused low bits (4 in the 22-character
+        // tag, 2 in the 43-character one): setting one spells the same bytes
+        // to a lenient decoder, and must be refused like the decode did.
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        let lenient = GeneralPurpose::new(
+            &base64::alphabet::URL_SAFE,
+            GeneralPurposeConfig::new()
+                .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+                .with_decode_allow_trailing_bits(true),
+        );
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for token in [&new, &legacy] {
+            let (signed, tag) = token.rsplit_once('.').unwrap();
+            let last = ALPHABET.iter().position(|&c| c == *tag.as_bytes().last().unwrap()).unwrap();
+            let odd = format!("{}{}", &tag[..tag.len() - 1], ALPHABET[last | 1] as char);
+            assert_eq!(lenient.decode(&odd).unwrap(), lenient.decode(tag).unwrap(), "{odd}");
+            let t = format!("{signed}.{odd}");
+            assert_eq!(Lease::verify(&t, &ring, 0).unwrap_err(), InvalidToken("token signature does not match"));
+        }
+    }
+
+    #[test]
+    fn every_other_character_anywhere_in_the_tag_is_refused() {
+        let ring = ring();
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for token in [claims().mint(ring.signing()).unwrap(), legacy_token(&claims(), ring.signing())] {
+            let at = token.rfind('.').unwrap() + 1;
+            for i in at..token.len() {
+                for &c in ALPHABET.iter().chain(b"=.+/!") {
+                    let mut bytes = token.clone().into_bytes();
+                    if bytes[i] == c {
+                        continue;
+                    }
+                    bytes[i] = c;
+                    let t = String::from_utf8(bytes).unwrap();
+                    assert!(Lease::verify(&t, &ring, 0).is_err(), "{} at {i}", c as char);
+                }
+            }
         }
     }
 
@@ -477,6 +645,22 @@ mod tests {
         let tenant = "t".repeat(64);
         let huge = LeaseClaims { tenant: &tenant, user: &user, group: Some((&group, 1)), ..c };
         assert_eq!(huge.mint(ring().signing()), None);
+    }
+
+    #[test]
+    fn display_text_is_shortened_only_past_the_room_the_longest_key_id_leaves() {
+        let room = (wire::MAX_TOKEN_LEN - PREFIX.len() - MAX_KID_LEN - 2 - TAG_B64_LEN) * 3 / 4;
+        let long = Key { kid: "k".repeat(MAX_KID_LEN).into(), secret: [2; 32] };
+        let (user, device) = ("u".repeat(128), "d".repeat(128));
+        let base = LeaseClaims { user: &user, device: Some(&device), label: None, ..claims() };
+        for (extra, kept) in [(0, 0), (1, 1)] {
+            let label = "l".repeat(room - base.payload_len() - 1 + extra);
+            let token = LeaseClaims { label: Some(&label), ..base }.mint(&long).unwrap();
+            assert!(token.len() <= wire::MAX_TOKEN_LEN, "{} bytes", token.len());
+            let ring = KeyRing::new(vec![long.clone()]).unwrap();
+            let got = Lease::verify(&token, &ring, 0).unwrap().claims().label.unwrap().len();
+            assert_eq!(got, label.len() - kept, "label of {} bytes", label.len());
+        }
     }
 
     #[test]
