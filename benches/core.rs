@@ -151,7 +151,7 @@ where
     A: Fn(UserKey, &Admission<'_>, u64) -> bool,
     H: Fn(UserKey, &Beat<'_>, u64) -> bool + Sync,
 {
-    let hasher = Store::new(0, [5; 32]);
+    let hasher = Store::new(0, [5; 16]);
     let keys: Vec<UserKey> = (0..USERS).map(|i| hasher.user_key("acme", &format!("user-{i}"))).collect();
     for (i, key) in keys.iter().enumerate() {
         assert!(admit(*key, &admission(i as u64, NOW), NOW));
@@ -205,7 +205,7 @@ where
 }
 
 fn stores(c: &mut Criterion) {
-    let store = Store::new(USERS as usize, [5; 32]);
+    let store = Store::new(USERS as usize, [5; 16]);
     store_benches(
         c,
         "store_1m_users",

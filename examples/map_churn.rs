@@ -73,7 +73,7 @@ fn arg(n: usize, default: u64) -> u64 {
 
 fn main() {
     let (players, minutes, churn_rate, beat_rate) = (arg(1, 300_000), arg(2, 120), arg(3, 200), arg(4, 10_000));
-    let store = Store::new(1024, [9; 32]);
+    let store = Store::new(1024, [9; 16]);
     let key = |user: &str| store.user_key("acme", user);
     let admit = |user: &str, id: u64, now: u64, ttl: u64| {
         let session = Session { id: SessionId(id), started_ms: now, expires_ms: (now + ttl).into(), info: None };

@@ -97,7 +97,8 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Result<Limiter, getrandom::Error> {
-        let hash_key = crate::keys::generate()?;
+        let mut hash_key = [0u8; 16];
+        getrandom::fill(&mut hash_key)?;
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed)?;
         Ok(Limiter {
