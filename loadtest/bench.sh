@@ -20,7 +20,12 @@
 #      every route pays the same wrk Lua-mode cost), on heartbeats
 #      (wrk/post.lua over the 1M sessions' tokens) and on starts
 #      (wrk/post.lua over fresh users' grants, a new file each run; starts add
-#      sessions); ratios heartbeat/healthz (target >= 0.85), start/heartbeat (>= 0.50);
+#      sessions); ratios heartbeat/healthz (target >= 0.85), start/heartbeat (>= 0.50).
+#      Once per layout in LAYOUTS: "pinned" moves every server thread to CPU 0
+#      (taskset) and runs wrk on CPU 1, so the two never compete for a core
+#      and wrk's own work (which is larger for a heartbeat: longer requests
+#      and answers to build and parse) is not charged to the server; "shared"
+#      leaves both to the scheduler on both cores;
 #   6. memory: preload on to each of MEM_STEPS total live sessions (5M, 10M),
 #      RSS and bytes/session = (RSS - baseline) / live sessions (target <= 100)
 #      at each, and the server's idle CPU at the last step (the sweeper walks
@@ -54,6 +59,7 @@
 #   RUNS [3]              repetitions of each wrk run; the median is reported
 #   DUR [10]*             seconds per wrk run
 #   WRK_CONNS [64]        wrk connections (-t1)
+#   LAYOUTS ["pinned shared"]  CPU layouts of the throughput runs (step 5)
 #   PRELOAD [1000000]*    sessions preloaded for the throughput and rate runs
 #   START_GRANTS [40000 x DUR]  fresh users per start run (3 starts each before 409)
 #   RATE [33300]*         fixed-rate heartbeats per second
@@ -87,6 +93,7 @@ fi
 RUNS=${RUNS:-3}
 DUR=${DUR:-10}
 WRK_CONNS=${WRK_CONNS:-64}
+LAYOUTS=${LAYOUTS:-pinned shared}
 PRELOAD=${PRELOAD:-1000000}
 START_GRANTS=${START_GRANTS:-$((40000 * DUR))}
 RATE=${RATE:-33300}
@@ -163,6 +170,10 @@ need() { # need COMMAND [PACKAGE]
 need wrk
 need jq
 need curl
+if [[ " $LAYOUTS " == *" pinned "* ]]; then
+    need taskset util-linux
+    (($(nproc) >= 2)) || die "LAYOUTS=pinned needs two CPUs; use LAYOUTS=shared"
+fi
 
 if [[ $SKIP_BUILD != 1 ]]; then
     log "building the server and the driver (release)"
@@ -237,7 +248,7 @@ wrk_run() {
     shift
     WRK_N=$((WRK_N + 1))
     local out=$WORK/wrk-$WRK_N-$name.txt
-    timeout $((DUR + 300)) wrk -t1 -c"$WRK_CONNS" -d"${DUR}s" --timeout 10s "$@" >"$out" 2>&1 ||
+    timeout $((DUR + 300)) "${WRK[@]}" -t1 -c"$WRK_CONNS" -d"${DUR}s" --timeout 10s "$@" >"$out" 2>&1 ||
         die "wrk ($name) failed: $(tail -3 "$out")"
     read -r WRK_RPS WRK_BAD WRK_SOCK < <(awk '/^Requests\/sec:/ { rps = $2 }
          /Non-2xx or 3xx responses:/ { bad = $NF }
@@ -268,7 +279,7 @@ log "baseline RSS $(mib "$RSS_BASE") MiB"
 
 # Lifetimes of the throughput sessions: from the preload to the end of the
 # fixed-rate run, with slack (see the header).
-PLAN_A=$(( $(ceil_div "$PRELOAD" 20000) + RUNS * 3 * (DUR + 2 + PRELOAD / 200000) + RATE_WARMUP + RATE_SECS + 10 ))
+PLAN_A=$(( $(ceil_div "$PRELOAD" 20000) + $(wc -w <<<"$LAYOUTS") * RUNS * 3 * (DUR + 2 + PRELOAD / 200000) + RATE_WARMUP + RATE_SECS + 10 ))
 TTL_A=$(( PLAN_A * 5 / 4 + MARGIN ))
 POLL_A=$(ceil_div "$TTL_A" 3)
 ((POLL_A <= 3600)) || die "POLL_A=$POLL_A exceeds the server's --max-poll-secs 3600; shorten RATE_SECS"
@@ -298,30 +309,39 @@ q() { jq -r "$1" <<<"$RATE_JSON"; }
 # ---- 5. throughput: healthz, heartbeat, start ----------------------------
 
 phase_start "throughput runs"
-for r in $(seq "$RUNS"); do
+for r in $(seq $((RUNS * $(wc -w <<<"$LAYOUTS")))); do
     "$DRIVER_BIN" preload --addr "$ADDR" --sessions 0 --poll "$POLL_A" --user-prefix "s$r-" \
         --grants-out "$WORK/grants-$r.tsv" --grants "$START_GRANTS" --progress 0 >/dev/null ||
         die "cannot write grants"
 done
-HZ=() HB=() ST=() HB_BAD=0 ST_BAD=0 SOCK=0
-for r in $(seq "$RUNS"); do
-    wrk_run healthz -s "$HEALTHZ_LUA" "http://127.0.0.1:$ADMIN"
-    HZ+=("$WRK_RPS") SOCK=$((SOCK + WRK_SOCK))
-    wrk_run heartbeat -s "$POST_LUA" "http://$ADDR" -- "$WORK/tokens.tsv"
-    HB+=("$WRK_RPS") HB_BAD=$((HB_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK))
-    wrk_run start -s "$POST_LUA" "http://$ADDR" -- "$WORK/grants-$r.tsv"
-    ST+=("$WRK_RPS") ST_BAD=$((ST_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK))
-    log "run $r: healthz ${HZ[-1]}/s, heartbeat ${HB[-1]}/s, start ${ST[-1]}/s"
-done
-HZ_MED=$(median "${HZ[@]}")
-HB_MED=$(median "${HB[@]}")
-ST_MED=$(median "${ST[@]}")
-HB_RATIO=$(ratio "$HB_MED" "$HZ_MED")
-ST_RATIO=$(ratio "$ST_MED" "$HB_MED")
-HB_RATIOS=() ST_RATIOS=()
-for i in "${!HZ[@]}"; do
-    HB_RATIOS+=("$(ratio "${HB[$i]}" "${HZ[$i]}")")
-    ST_RATIOS+=("$(ratio "${ST[$i]}" "${HB[$i]}")")
+# One set of runs per layout: "pinned" puts the server's threads on CPU 0
+# and wrk on CPU 1, "shared" lets the scheduler place both on either core.
+# Start runs take fresh users from a grants file per run (and layout).
+HB_BAD=0 ST_BAD=0 SOCK=0 GRANTS_N=0
+declare -A HZ_OF HB_OF ST_OF
+for layout in $LAYOUTS; do
+    [[ $layout == pinned || $layout == shared ]] || die "LAYOUTS: unknown layout '$layout' (pinned, shared)"
+    WRK=(wrk)
+    if [[ $layout == pinned ]]; then
+        taskset -a -p -c 0 "$SERVER_PID" >/dev/null || die "taskset: cannot pin the server"
+        WRK=(taskset -c 1 wrk)
+    fi
+    HZ=() HB=() ST=()
+    for r in $(seq "$RUNS"); do
+        GRANTS_N=$((GRANTS_N + 1))
+        wrk_run healthz -s "$HEALTHZ_LUA" "http://127.0.0.1:$ADMIN"
+        HZ+=("$WRK_RPS") SOCK=$((SOCK + WRK_SOCK))
+        wrk_run heartbeat -s "$POST_LUA" "http://$ADDR" -- "$WORK/tokens.tsv"
+        HB+=("$WRK_RPS") HB_BAD=$((HB_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK))
+        wrk_run start -s "$POST_LUA" "http://$ADDR" -- "$WORK/grants-$GRANTS_N.tsv"
+        ST+=("$WRK_RPS") ST_BAD=$((ST_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK))
+        rm -f "$WORK/grants-$GRANTS_N.tsv"
+        log "$layout run $r: healthz ${HZ[-1]}/s, heartbeat ${HB[-1]}/s, start ${ST[-1]}/s"
+    done
+    HZ_OF[$layout]=${HZ[*]} HB_OF[$layout]=${HB[*]} ST_OF[$layout]=${ST[*]}
+    if [[ $layout == pinned ]]; then
+        taskset -a -p -c "0-$(($(nproc) - 1))" "$SERVER_PID" >/dev/null || die "taskset: cannot unpin the server"
+    fi
 done
 rm -f "$WORK"/grants-*.tsv "$WORK/tokens.tsv"
 # Every session of steps 3-5 was last started or renewed by now.
@@ -455,11 +475,25 @@ TABLE=$WORK/table.md
     echo "| baseline RSS (MiB) | $(mib "$RSS_BASE_FIRST") | dev mode, no sessions | | |"
     echo "| preload $PRELOAD (sessions/s) | $PRELOAD_RATE | non-201 or i/o errors: $PRELOAD_BAD; poll $POLL_A s | | $(verdict "$PRELOAD_BAD" "==" 0) |"
     echo "| RSS at $PRELOAD (MiB) / bytes per session | $(mib "$RSS_1") / $(per_session "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") | sessions $LIVE_1 | <= 100 B | $(bytes_verdict "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") |"
-    echo "| healthz, wrk -t1 -c$WRK_CONNS (req/s, median) | $HZ_MED | ${HZ[*]} | | |"
-    echo "| heartbeat, post.lua over tokens (req/s, median) | $HB_MED | ${HB[*]}; non-200: $HB_BAD | | $(verdict "$HB_BAD" "==" 0) |"
-    echo "| start, post.lua over grants (req/s, median) | $ST_MED | ${ST[*]}; non-201: $ST_BAD | | $(verdict "$ST_BAD" "==" 0) |"
-    echo "| heartbeat / healthz | $HB_RATIO | per run: ${HB_RATIOS[*]} | >= 0.85 | $(verdict "$HB_RATIO" ">=" 0.85) |"
-    echo "| start / heartbeat | $ST_RATIO | per run: ${ST_RATIOS[*]} | >= 0.50 | $(verdict "$ST_RATIO" ">=" 0.50) |"
+    for layout in $LAYOUTS; do
+        read -ra HZ <<<"${HZ_OF[$layout]}"
+        read -ra HB <<<"${HB_OF[$layout]}"
+        read -ra ST <<<"${ST_OF[$layout]}"
+        HZ_MED=$(median "${HZ[@]}") HB_MED=$(median "${HB[@]}") ST_MED=$(median "${ST[@]}")
+        HB_RATIOS=() ST_RATIOS=()
+        for i in "${!HZ[@]}"; do
+            HB_RATIOS+=("$(ratio "${HB[$i]}" "${HZ[$i]}")")
+            ST_RATIOS+=("$(ratio "${ST[$i]}" "${HB[$i]}")")
+        done
+        HB_RATIO=$(ratio "$HB_MED" "$HZ_MED") ST_RATIO=$(ratio "$ST_MED" "$HB_MED")
+        if [[ $layout == pinned ]]; then where="server on CPU 0, wrk on CPU 1"; else where="both on either core"; fi
+        echo "| $layout: healthz, wrk -t1 -c$WRK_CONNS (req/s, median) | $HZ_MED | ${HZ[*]} ($where) | | |"
+        echo "| $layout: heartbeat, post.lua over tokens (req/s, median) | $HB_MED | ${HB[*]} | | |"
+        echo "| $layout: start, post.lua over grants (req/s, median) | $ST_MED | ${ST[*]} | | |"
+        echo "| $layout: heartbeat / healthz | $HB_RATIO | per run: ${HB_RATIOS[*]} | >= 0.85 | $(verdict "$HB_RATIO" ">=" 0.85) |"
+        echo "| $layout: start / heartbeat | $ST_RATIO | per run: ${ST_RATIOS[*]} | >= 0.50 | $(verdict "$ST_RATIO" ">=" 0.50) |"
+    done
+    echo "| failed answers in the throughput runs | $((HB_BAD + ST_BAD)) | heartbeats non-200: $HB_BAD; starts non-201: $ST_BAD | 0 | $(verdict "$((HB_BAD + ST_BAD))" "==" 0) |"
     echo "| wrk socket errors (all runs) | $SOCK | | 0 | $(verdict "$SOCK" "==" 0) |"
     echo "| fixed rate: achieved (req/s) | $(q .achieved_rps) | $(q .answered) of $(q .sent) answered in $(q .measured_secs) s at $RATE/s, $RATE_CONNS conns | $RATE | |"
     echo "| fixed rate: latency p50 / p90 / p99.9 / max (ms) | $(q .p50_ms) / $(q .p90_ms) / $(q .p999_ms) / $(q .max_ms) | from intended send (CO-corrected); generator lag p99 $(q .send_lag_p99_ms) ms | | |"
