@@ -17,6 +17,11 @@ use crate::store::{Beaten, Stopped, Store, Swept};
 use crate::token::{InvalidToken, Lease, LeaseClaims};
 use crate::wire::{self, SessionId, SessionView, StopReason};
 
+/// New ids a start tries before answering `503`: ids come from a counter,
+/// so a second clash within one user's records takes remembered stops of
+/// exactly the ids about to be issued.
+const ID_ATTEMPTS: usize = 4;
+
 /// What the core needs from the configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -154,65 +159,72 @@ impl Limiter {
             self.metrics.rejected(Rejection::OverCapacity);
             return Err(Error::OverCapacity);
         }
-        let id = self.ids.next();
         let expires_ms = now + s.ttl_ms(g.poll_secs);
         let group = g.group.as_ref().map(|(name, limit)| (&**name, *limit));
-        let claims = LeaseClaims {
-            tenant: &g.tenant,
-            user: &g.sub,
-            session: id,
-            started_ms: now,
-            expires_ms,
-            limit: g.limit,
-            policy: g.policy,
-            group,
-            device: g.device.as_deref(),
-            label: g.label.as_deref(),
-            content: g.content.as_deref(),
-            poll_secs: g.poll_secs,
-        };
-        let token = claims.mint(s.server_keys.signing()).ok_or_else(|| {
-            self.metrics.rejected(Rejection::InvalidGrant);
-            Error::InvalidGrant("tenant, sub, group and device are too long together for a lease token")
-        })?;
-        let admission = Admission {
-            session: Session {
-                id,
-                started_ms: now,
-                expires_ms: expires_ms.into(),
-                info: Info::new(claims.device, claims.label, claims.content, group.map(|g| g.0)),
-            },
-            limits: Limits { limit: g.limit, policy: g.policy, group },
-            replace,
-            unknown_until_ms: now + s.max_token_life_ms(),
-        };
         let user_key = self.store.user_key(&g.tenant, &g.sub);
-        match self.store.admit(user_key, &admission, now) {
-            Ok(ok) => {
-                self.metrics.starts_admitted.fetch_add(1, Ordering::Relaxed);
-                self.metrics.sessions_stopped(StopReason::Evicted, ok.evicted.len());
-                self.metrics.sessions_stopped(StopReason::Replaced, ok.replaced);
-                self.metrics.expiries.fetch_add(ok.expired as u64, Ordering::Relaxed);
-                Ok(Started {
-                    session_id: id,
-                    token,
-                    poll_after: g.poll_secs,
-                    expires_ms,
-                    active: ok.active,
-                    limit: g.limit,
-                    evicted: ok.evicted,
-                })
-            }
-            Err(Refusal::Full) => {
-                self.metrics.rejected(Rejection::OverCapacity);
-                Err(Error::OverCapacity)
-            }
-            Err(Refusal::Limit(Refused { group, limit, active, sessions })) => {
-                self.metrics.rejected(if group { Rejection::GroupLimitReached } else { Rejection::LimitReached });
-                let sessions = sessions.iter().map(Session::view).collect();
-                Err(Error::LimitReached { group, limit, active, sessions })
+        // A new id that the user's records already hold (a stop or
+        // `?replace=` can remember any id) is refused; the next one is tried.
+        for _ in 0..ID_ATTEMPTS {
+            let id = self.ids.next();
+            let claims = LeaseClaims {
+                tenant: &g.tenant,
+                user: &g.sub,
+                session: id,
+                started_ms: now,
+                expires_ms,
+                limit: g.limit,
+                policy: g.policy,
+                group,
+                device: g.device.as_deref(),
+                label: g.label.as_deref(),
+                content: g.content.as_deref(),
+                poll_secs: g.poll_secs,
+            };
+            let token = claims.mint(s.server_keys.signing()).ok_or_else(|| {
+                self.metrics.rejected(Rejection::InvalidGrant);
+                Error::InvalidGrant("tenant, sub, group and device are too long together for a lease token")
+            })?;
+            let admission = Admission {
+                session: Session {
+                    id,
+                    started_ms: now,
+                    expires_ms: expires_ms.into(),
+                    info: Info::new(claims.device, claims.label, claims.content, group.map(|g| g.0)),
+                },
+                limits: Limits { limit: g.limit, policy: g.policy, group },
+                replace,
+                unknown_until_ms: now + s.max_token_life_ms(),
+            };
+            match self.store.admit(user_key, &admission, now) {
+                Ok(ok) => {
+                    self.metrics.starts_admitted.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.sessions_stopped(StopReason::Evicted, ok.evicted.len());
+                    self.metrics.sessions_stopped(StopReason::Replaced, ok.replaced);
+                    self.metrics.expiries.fetch_add(ok.expired as u64, Ordering::Relaxed);
+                    return Ok(Started {
+                        session_id: id,
+                        token,
+                        poll_after: g.poll_secs,
+                        expires_ms,
+                        active: ok.active,
+                        limit: g.limit,
+                        evicted: ok.evicted,
+                    });
+                }
+                Err(Refusal::IdTaken) => continue,
+                Err(Refusal::Full) => {
+                    self.metrics.rejected(Rejection::OverCapacity);
+                    return Err(Error::OverCapacity);
+                }
+                Err(Refusal::Limit(Refused { group, limit, active, sessions })) => {
+                    self.metrics.rejected(if group { Rejection::GroupLimitReached } else { Rejection::LimitReached });
+                    let sessions = sessions.iter().map(Session::view).collect();
+                    return Err(Error::LimitReached { group, limit, active, sessions });
+                }
             }
         }
+        self.metrics.rejected(Rejection::OverCapacity);
+        Err(Error::OverCapacity)
     }
 
     fn count_start_error(&self, e: &Error) {
@@ -356,5 +368,51 @@ impl SessionIds {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         SessionId(z ^ (z >> 31))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, DEV_TENANT, DEV_TENANT_KEY, Overrides};
+    use crate::grant::GrantClaims;
+    use crate::keys::Key;
+
+    #[test]
+    fn a_start_never_takes_an_id_the_user_already_holds() {
+        // A user who can tell which ids come next (they come from a counter)
+        // kicks them first: each kick of an unknown id is remembered. A start
+        // that drew such an id once put a second record with it in the
+        // user's records, which under evict_oldest spun forever.
+        let config = Config::load(&Overrides::default(), None).unwrap();
+        let limiter = Limiter::new(config.core, Arc::new(Metrics::default())).unwrap();
+        let now = crate::http::now_ms();
+        let secret = Key::parse("dev", DEV_TENANT_KEY).unwrap().secret;
+        let grant = GrantClaims {
+            tenant: DEV_TENANT.into(),
+            sub: "alice".into(),
+            limit: 2,
+            exp: (now / 1000 + 300) as i64,
+            policy: Some("evict_oldest".into()),
+            ..Default::default()
+        }
+        .mint(&secret);
+        let upcoming = |k: u64| {
+            let ids = &limiter.ids;
+            SessionIds { seed: ids.seed, next: AtomicU64::new(ids.next.load(Ordering::Relaxed) + k) }.next()
+        };
+        for k in 0..ID_ATTEMPTS as u64 {
+            limiter.stop("alice", upcoming(k), &grant, now).unwrap();
+        }
+        // Every id this start draws is taken: refused (503), nothing stored.
+        assert!(matches!(limiter.start("alice", &grant, None, now), Err(Error::OverCapacity)));
+        let fresh = upcoming(0);
+        let started = limiter.start("alice", &grant, None, now + 1).unwrap();
+        assert_eq!(started.session_id, fresh);
+        limiter.start("alice", &grant, None, now + 2).unwrap();
+        let third = limiter.start("alice", &grant, None, now + 3).unwrap();
+        assert_eq!(third.evicted, vec![fresh], "evict_oldest evicts the oldest live session");
+        let renewed = limiter.heartbeat("alice", third.session_id, &third.token, now + 4).unwrap();
+        assert_eq!(renewed.session_id, third.session_id);
     }
 }

@@ -358,6 +358,10 @@ pub enum Refusal {
     Limit(Refused),
     /// The user holds `MAX_RECORDS_PER_USER` records.
     Full,
+    /// The user's records already hold the new session's id (a stop or
+    /// `?replace=` of an id this node had not issued yet): start again with
+    /// another id. A user's records never hold an id twice.
+    IdTaken,
 }
 
 /// A `409`: nothing changed.
@@ -393,6 +397,9 @@ pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, 
                 by: by.clone(),
             })),
         }
+    }
+    if w.find(new.id).is_some() {
+        return Err(Refusal::IdTaken);
     }
     if a.limits.by_device() {
         let device = new.device();
@@ -465,7 +472,7 @@ pub fn renewable<'s>(current: &'s [Slot], b: &Beat<'_>, now: u64) -> Option<&'s 
         if slot.is_expired(now) {
             return None;
         }
-        if slot.id() == b.id {
+        if slot.id() == b.id && me.is_none() {
             me = Some(slot);
         }
     }
@@ -660,7 +667,7 @@ mod tests {
         admit(slots, &Admission { session: s, limits: l, replace: None, unknown_until_ms: now + TTL }, now).map_err(
             |r| match r {
                 Refusal::Limit(r) => r,
-                Refusal::Full => panic!("unexpected Full"),
+                Refusal::Full | Refusal::IdTaken => panic!("unexpected {r:?}"),
             },
         )
     }
@@ -962,5 +969,49 @@ mod tests {
             }
         }
         assert!(renewable_cases > cases / 10, "{renewable_cases} of {cases}");
+    }
+
+    #[test]
+    fn a_start_never_puts_an_id_twice_in_the_records() {
+        // An id can be remembered before it is issued (a kick or replace of
+        // an unknown id); a start that draws it is refused, so the caller
+        // tries another, and the records never hold an id twice.
+        let kicked =
+            Slot::Stopped(Tombstone { id: SessionId(7), reason: StopReason::Kicked, until_ms: T0 + TTL, by: None });
+        for policy in [RejectNew, EvictOldest, RejectNewDevice] {
+            for held in [vec![kicked.clone()], vec![Slot::Live(session(7, T0))]] {
+                let got = admit(
+                    &held,
+                    &Admission {
+                        session: session(7, T0 + 1),
+                        limits: limits(1, policy),
+                        replace: None,
+                        unknown_until_ms: T0,
+                    },
+                    T0 + 1,
+                );
+                assert_eq!(got.unwrap_err(), Refusal::IdTaken, "{policy:?} {held:?}");
+            }
+            let replacing_itself = Admission {
+                session: session(8, T0 + 1),
+                limits: limits(1, policy),
+                replace: Some(SessionId(8)),
+                unknown_until_ms: T0 + TTL,
+            };
+            assert_eq!(admit(&[], &replacing_itself, T0 + 1).unwrap_err(), Refusal::IdTaken);
+        }
+        // Were an id ever held twice, the in-place path would agree with the
+        // full rule: the first record with the id decides.
+        let twice = [kicked.clone(), Slot::Live(session(7, T0))];
+        let rebuild = || session(7, T0);
+        let b = Beat {
+            id: SessionId(7),
+            rebuild: &rebuild,
+            limits: limits(2, RejectNew),
+            token_expires_ms: T0 + TTL,
+            renew_to_ms: T0 + TTL,
+        };
+        assert!(matches!(heartbeat(&twice, &b, T0 + 1), BeatOutcome::Stopped(_)));
+        assert!(renewable(&twice, &b, T0 + 1).is_none());
     }
 }

@@ -8,7 +8,7 @@
 //! The one exception is the common heartbeat, which changes nothing but its
 //! session's expiry ([`policy::renewable`]): that is renewed in place with a
 //! compare-and-swap on the stored record, without copying the user's
-//! records or allocating. Every `compute` first freezes the expiries of the
+//! records (or allocating, unless the limit counts devices). Every `compute` first freezes the expiries of the
 //! records it copies ([`policy::Expiry::freeze`]), so an in-place renewal
 //! either lands before the copy (and is copied) or fails on the frozen
 //! record and takes the `compute` path: none is lost.
