@@ -511,6 +511,8 @@ mod tests {
         });
         assert_eq!(last, 100_000 + rounds);
         assert!(in_place > 0, "no renewal was done in place");
+        let held = store.live(a, Policy::RejectNew, 1).1.iter().map(|s| s.expires_ms.get()).max();
+        assert_eq!(held, Some(last), "the last renewal, once the writer has stopped");
     }
 
     #[test]
