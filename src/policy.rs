@@ -73,10 +73,10 @@ impl Expiry {
         *self = Expiry::new(ms);
     }
 
-    /// Marks the records holding this expiry as being copied; returns the
-    /// final value, which no in-place renewal can change any more.
-    pub fn freeze(&self) -> u64 {
-        self.0.fetch_or(Self::FROZEN, Ordering::AcqRel) & !Self::FROZEN
+    /// Marks the records holding this expiry as being copied: no in-place
+    /// renewal can change it any more.
+    pub fn freeze(&self) {
+        self.0.fetch_or(Self::FROZEN, Ordering::AcqRel);
     }
 
     /// Sets the expiry to `to_ms` if it is still after `now` and not frozen.

@@ -440,6 +440,17 @@ mod tests {
         assert!(store.retired.lock().unwrap().is_none());
     }
 
+    /// The address of `user`'s stored records: the same after an in-place
+    /// renewal, new after a copy.
+    fn records_at(store: &Store, user: UserKey) -> Option<*const Slot> {
+        store.map.load().pin().get(&user).map(|r| r.as_ptr())
+    }
+
+    /// The latest expiry among `user`'s live sessions.
+    fn latest_expiry(store: &Store, user: UserKey) -> Option<u64> {
+        store.live(user, Policy::RejectNew, 1).1.iter().map(|s| s.expires_ms.get()).max()
+    }
+
     fn beat_of<'a>(id: u64, renew_to_ms: u64, rebuild: &'a dyn Fn() -> Session) -> Beat<'a> {
         Beat {
             id: SessionId(id),
@@ -456,16 +467,15 @@ mod tests {
         let a = store.user_key("acme", "alice");
         store.admit(a, &admission(1, 0, 8), 0).unwrap();
         let rebuild = || admission(1, 0, 8).session;
-        let records = || store.map.load().pin().get(&a).map(|r| r.as_ptr());
-        let before = records();
+        let before = records_at(&store, a);
         assert!(matches!(store.heartbeat(a, &beat_of(1, 120_000, &rebuild), 1000), Beaten::Renewed { .. }));
-        assert_eq!(records(), before, "the same records, renewed in place");
+        assert_eq!(records_at(&store, a), before, "the same records, renewed in place");
         assert_eq!(store.live(a, Policy::RejectNew, 1000).1[0].expires_ms.get(), 120_000);
 
         // Anything more than a renewal takes the copying path: here, healing.
         let rebuild2 = || admission(2, 0, 8).session;
         store.heartbeat(a, &beat_of(2, 120_000, &rebuild2), 1000);
-        assert_ne!(records(), before);
+        assert_ne!(records_at(&store, a), before);
         assert_eq!(store.live(a, Policy::RejectNew, 1000).0, 2);
     }
 
@@ -487,15 +497,14 @@ mod tests {
                 let (mut last, mut in_place) = (0, 0);
                 for i in 1..=rounds {
                     let to = 100_000 + i;
-                    let map_ptr = || store.map.load().pin().get(&a).map(|r| r.as_ptr());
-                    let before = map_ptr();
+                    let before = records_at(&store, a);
                     match store.heartbeat(a, &beat_of(1, to, &rebuild), 1) {
                         Beaten::Renewed { .. } => last = to,
                         other => panic!("{other:?}"),
                     }
-                    in_place += usize::from(map_ptr() == before);
+                    in_place += usize::from(records_at(&store, a) == before);
                     // Whatever copy the writer installs from now on has it.
-                    let held = store.live(a, Policy::RejectNew, 1).1.iter().map(|s| s.expires_ms.get()).max();
+                    let held = latest_expiry(&store, a);
                     assert_eq!(held, Some(to), "renewal {i} lost ({in_place} done in place so far)");
                 }
                 (last, in_place)
@@ -511,8 +520,7 @@ mod tests {
         });
         assert_eq!(last, 100_000 + rounds);
         assert!(in_place > 0, "no renewal was done in place");
-        let held = store.live(a, Policy::RejectNew, 1).1.iter().map(|s| s.expires_ms.get()).max();
-        assert_eq!(held, Some(last), "the last renewal, once the writer has stopped");
+        assert_eq!(latest_expiry(&store, a), Some(last), "the last renewal, once the writer has stopped");
     }
 
     #[test]
