@@ -7,6 +7,8 @@
 # Everything runs on 127.0.0.1: the server in dev mode on free ports, the
 # load from wrk and loadtest/driver (streamcap-driver). Steps:
 #   1. install wrk (and jq, curl) if missing; build the server and the driver (release);
+#      the machine's own wake-up latency, idle (`streamcap-driver jitter`: how
+#      late a 200 µs sleep returns; a floor under every latency measured here);
 #   2. start the server (--max-poll-secs 3600); baseline RSS (VmRSS);
 #   3. preload PRELOAD sessions (1M; users hold 1, 2, 3 sessions: 2 on average);
 #      RSS and bytes/session at 1M;
@@ -14,7 +16,10 @@
 #      RATE_SECS s after RATE_WARMUP s, latency from each request's intended
 #      send time (coordinated omission corrected): p99 (target < 5 ms), errors
 #      (target 0); it runs before step 5 so that the map holds the 1M
-#      simulated viewers and nothing else;
+#      simulated viewers and nothing else. Then the control: GET /healthz on
+#      the operator port at the same rate over as many connections for
+#      RATE_CONTROL_SECS (the same connection stack, a route that does no work),
+#      so that what the machine and the stack cost is not read as the heartbeat's;
 #   5. RUNS times (interleaved, medians reported): wrk -t1 -c64 -d${DUR}s on
 #      /healthz (admin port: the trivial-route baseline, wrk/healthz.lua so that
 #      every route pays the same wrk Lua-mode cost), on heartbeats
@@ -32,7 +37,9 @@
 #      the map every second). With GROW=1 this step runs on a fresh server
 #      instead: `streamcap-driver grow` adds sessions from 0 to SESSIONS_MAX
 #      (legs ending at PRELOAD and each MEM_STEPS) while GROW_RATE heartbeats/s
-#      run; reported: the worst 1-second p99.9 window (target: none above 20 ms);
+#      run; reported: the worst 1-second p99.9 window (target: none above 20 ms),
+#      beside a control stream of GROW_CONTROL_RATE GET /healthz per second
+#      on the operator port (never touches the map) in the same windows;
 #   7. wait until every session has expired (records = 0), then 30 s more (the
 #      sweeper's memory release runs on that pass and the next), RSS after
 #      expiry vs baseline.
@@ -66,6 +73,8 @@
 #   RATE_SECS [300]*      measured seconds of the fixed-rate run
 #   RATE_WARMUP [5]*      warmup seconds before it (not measured)
 #   RATE_CONNS [64]       connections of the fixed-rate run
+#   RATE_CONTROL_SECS [60]*  measured seconds of the /healthz control at RATE (0: skip)
+#   JITTER_SECS [10]      seconds of the idle wake-up measurement (0: skip)
 #   MEM_STEPS ["5000000 10000000"]*  live-session totals at which RSS is read
 #   SESSIONS_MAX [last of MEM_STEPS]  the memory step stops here (e.g. 5000000)
 #   SKIP_MEMORY [0]       1: skip steps 6 and 7
@@ -73,10 +82,12 @@
 #   GROW_RATE [RATE]*     heartbeats per second during the growth
 #   GROW_BEATS [100000]*  sessions whose tokens feed those heartbeats
 #   GROW_START_RATE [0]   most starts/s during the growth (0: as fast as it goes)
+#   GROW_CONTROL_RATE [1000]*  GET /healthz per second beside the growth (0: none)
 #   MARGIN [120]*         seconds of slack added to every planned lifetime
 #   QUICK [0]             1: a smoke run (PRELOAD 20000, DUR 3, RATE 2000 for 5 s,
-#                         MEM_STEPS "600000 1000000", GROW_RATE 1000, GROW_BEATS 2000,
-#                         MARGIN 20; the start runs alone add a few 100k sessions)
+#                         control 5 s, MEM_STEPS "600000 1000000", GROW_RATE 1000,
+#                         GROW_BEATS 2000, GROW_CONTROL_RATE 200, MARGIN 20; the
+#                         start runs alone add a few 100k sessions)
 #   SKIP_BUILD [0]        1: use the binaries already built
 #   WORKDIR [mktemp]      scratch files (tokens ~170 MB per 1M sessions); a mktemp
 #                         directory is removed at the end unless KEEP=1, a given one is kept
@@ -89,6 +100,7 @@ QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
     : "${PRELOAD:=20000}" "${DUR:=3}" "${RATE:=2000}" "${RATE_SECS:=5}" "${RATE_WARMUP:=1}"
     : "${MEM_STEPS:=600000 1000000}" "${GROW_RATE:=1000}" "${GROW_BEATS:=2000}" "${MARGIN:=20}"
+    : "${RATE_CONTROL_SECS:=5}" "${GROW_CONTROL_RATE:=200}"
 fi
 RUNS=${RUNS:-3}
 DUR=${DUR:-10}
@@ -100,6 +112,8 @@ RATE=${RATE:-33300}
 RATE_SECS=${RATE_SECS:-300}
 RATE_WARMUP=${RATE_WARMUP:-5}
 RATE_CONNS=${RATE_CONNS:-64}
+RATE_CONTROL_SECS=${RATE_CONTROL_SECS:-60}
+JITTER_SECS=${JITTER_SECS:-10}
 MEM_STEPS=${MEM_STEPS:-5000000 10000000}
 SESSIONS_MAX=${SESSIONS_MAX:-${MEM_STEPS##* }}
 SKIP_MEMORY=${SKIP_MEMORY:-0}
@@ -107,6 +121,7 @@ GROW=${GROW:-0}
 GROW_RATE=${GROW_RATE:-$RATE}
 GROW_BEATS=${GROW_BEATS:-100000}
 GROW_START_RATE=${GROW_START_RATE:-0}
+GROW_CONTROL_RATE=${GROW_CONTROL_RATE:-1000}
 MARGIN=${MARGIN:-120}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP=${KEEP:-0}
@@ -182,6 +197,12 @@ if [[ $SKIP_BUILD != 1 ]]; then
 fi
 [[ -x $SERVER_BIN ]] || die "no server binary at $SERVER_BIN"
 [[ -x $DRIVER_BIN ]] || die "no driver binary at $DRIVER_BIN"
+
+JITTER_JSON=
+if ((JITTER_SECS > 0)); then
+    log "wake-up latency of this machine, idle (${JITTER_SECS} s)"
+    JITTER_JSON=$("$DRIVER_BIN" jitter --secs "$JITTER_SECS" --json | tail -1)
+fi
 
 # ---- helpers --------------------------------------------------------------
 
@@ -306,6 +327,17 @@ RATE_JSON=$(tail -1 "$WORK/rate.txt")
 grep -v '^{' "$WORK/rate.txt" >&2
 q() { jq -r "$1" <<<"$RATE_JSON"; }
 
+CONTROL_JSON=
+if ((RATE_CONTROL_SECS > 0)); then
+    phase_start "control: GET /healthz at ${RATE}/s x ${RATE_CONTROL_SECS}s"
+    printf 'GET\t/healthz\t-\n' >"$WORK/healthz.tsv"
+    timeout $(( RATE_WARMUP + RATE_CONTROL_SECS + 120 )) "$DRIVER_BIN" rate --addr "127.0.0.1:$ADMIN" \
+        --targets "$WORK/healthz.tsv" --rate "$RATE" --duration "$RATE_CONTROL_SECS" --warmup "$RATE_WARMUP" \
+        --conns "$RATE_CONNS" --json >"$WORK/control.txt" 2>"$WORK/control.err" ||
+        die "control rate: $(tail -3 "$WORK/control.err")"
+    CONTROL_JSON=$(tail -1 "$WORK/control.txt")
+fi
+
 # ---- 5. throughput: healthz, heartbeat, start ----------------------------
 
 phase_start "throughput runs"
@@ -354,6 +386,9 @@ GROW_WORST=
 GROW_WORST_LAG=
 GROW_OVER=0
 GROW_WINDOWS=0
+GROW_CTL_WORST=0
+GROW_CTL_OVER=0
+GROW_CTL_BOTH=0
 IDLE_CPU=
 if [[ $SKIP_MEMORY != 1 ]]; then
     STEPS=()
@@ -384,6 +419,10 @@ if [[ $SKIP_MEMORY != 1 ]]; then
         GROW_STEPS=()
         if ((PRELOAD < STEPS[0])); then GROW_STEPS+=("$PRELOAD"); fi
         GROW_STEPS+=("${STEPS[@]}")
+        CONTROL_ARGS=()
+        if awk -v r="$GROW_CONTROL_RATE" 'BEGIN { exit !(r > 0) }'; then
+            CONTROL_ARGS=(--control-addr "127.0.0.1:$ADMIN" --control-rate "$GROW_CONTROL_RATE")
+        fi
         leg=0
         for target in "${GROW_STEPS[@]}"; do
             leg=$((leg + 1))
@@ -391,12 +430,18 @@ if [[ $SKIP_MEMORY != 1 ]]; then
             ((n > 0)) || continue
             timeout $(( n / 500 + 300 )) "$DRIVER_BIN" grow --addr "$ADDR" --sessions "$n" \
                 --beat-targets "$WORK/beats.tsv" --beat-rate "$GROW_RATE" --poll "$POLL_M" \
-                --start-rate "$GROW_START_RATE" --user-prefix "g$leg-" --progress 10 --json \
+                --start-rate "$GROW_START_RATE" --user-prefix "g$leg-" --progress 10 "${CONTROL_ARGS[@]}" --json \
                 >"$WORK/grow-$leg.txt" || die "grow: $(tail -3 "$WORK/grow-$leg.txt")"
             gj=$(tail -1 "$WORK/grow-$leg.txt")
             w=$(jq -r .worst_window_p999_ms <<<"$gj")
             GROW_OVER=$((GROW_OVER + $(jq -r .windows_over_threshold <<<"$gj")))
             GROW_WINDOWS=$((GROW_WINDOWS + $(jq -r .windows <<<"$gj")))
+            if ((${#CONTROL_ARGS[@]})); then
+                cw=$(jq -r .control.worst_window_p999_ms <<<"$gj")
+                if ge "$cw" "$GROW_CTL_WORST"; then GROW_CTL_WORST=$cw; fi
+                GROW_CTL_OVER=$((GROW_CTL_OVER + $(jq -r .control.windows_over_threshold <<<"$gj")))
+                GROW_CTL_BOTH=$((GROW_CTL_BOTH + $(jq -r .control.over_in_both <<<"$gj")))
+            fi
             if [[ -z $GROW_WORST ]] || ge "$w" "$GROW_WORST"; then
                 GROW_WORST=$w
                 GROW_WORST_LAG=$(jq -r .worst_window_send_lag_max_ms <<<"$gj")
@@ -472,6 +517,10 @@ TABLE=$WORK/table.md
     echo
     echo "| metric | value | runs / detail | target | ok |"
     echo "|---|---|---|---|---|"
+    if [[ -n $JITTER_JSON ]]; then
+        jt() { jq -r "$1" <<<"$JITTER_JSON"; }
+        echo "| machine: wake-up overshoot of a 200 µs sleep, idle, p50 / p99 / p99.9 / max (ms) | $(jt .p50_ms) / $(jt .p99_ms) / $(jt .p999_ms) / $(jt .max_ms) | $(jt .sleeps) sleeps in $(jt .secs) s (streamcap-driver jitter) | | |"
+    fi
     echo "| baseline RSS (MiB) | $(mib "$RSS_BASE_FIRST") | dev mode, no sessions | | |"
     echo "| preload $PRELOAD (sessions/s) | $PRELOAD_RATE | non-201 or i/o errors: $PRELOAD_BAD; poll $POLL_A s | | $(verdict "$PRELOAD_BAD" "==" 0) |"
     echo "| RSS at $PRELOAD (MiB) / bytes per session | $(mib "$RSS_1") / $(per_session "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") | sessions $LIVE_1 | <= 100 B | $(bytes_verdict "$RSS_1" "$RSS_BASE_FIRST" "$LIVE_1") |"
@@ -499,6 +548,10 @@ TABLE=$WORK/table.md
     echo "| fixed rate: latency p50 / p90 / p99.9 / max (ms) | $(q .p50_ms) / $(q .p90_ms) / $(q .p999_ms) / $(q .max_ms) | from intended send (CO-corrected); generator lag p99 $(q .send_lag_p99_ms) ms | | |"
     echo "| fixed rate: p99 (ms) | $(q .p99_ms) | service time p99 $(q .service_p99_ms) ms; worst 1-s p99.9 $(q .worst_window_p999_ms) ms | < 5 | $(verdict "$(q .p99_ms)" "<" 5) |"
     echo "| fixed rate: errors | $(q .errors) | non-2xx $(q .non_2xx), i/o $(q .io_errors), unanswered $(q .unanswered), not sent $(q .not_sent) | 0 | $(verdict "$(q .errors)" "==" 0) |"
+    if [[ -n $CONTROL_JSON ]]; then
+        c() { jq -r "$1" <<<"$CONTROL_JSON"; }
+        echo "| control: GET /healthz at $RATE/s, $RATE_CONNS conns, p50 / p90 / p99 / p99.9 (ms) | $(c .p50_ms) / $(c .p90_ms) / $(c .p99_ms) / $(c .p999_ms) | $(c .measured_secs) s on the operator port, errors $(c .errors); generator lag p99 $(c .send_lag_p99_ms) ms | | |"
+    fi
     if [[ $SKIP_MEMORY != 1 ]]; then
         for m in "${MEM_ROWS[@]}"; do
             IFS='|' read -r a b c d e <<<"$m"
@@ -506,6 +559,9 @@ TABLE=$WORK/table.md
         done
         if [[ $GROW == 1 ]]; then
             echo "| grow: worst 1-s heartbeat p99.9 (ms) | $GROW_WORST | $GROW_OVER of $GROW_WINDOWS windows above 20 ms; $GROW_RATE beats/s; generator send lag max in that window $GROW_WORST_LAG ms | <= 20 | $(verdict "$GROW_WORST" "<=" 20) |"
+            if ((${#CONTROL_ARGS[@]})); then
+                echo "| grow, control: worst 1-s p99.9 of GET /healthz (ms) | $GROW_CTL_WORST | $GROW_CTL_OVER windows above 20 ms; $GROW_CTL_BOTH of the $GROW_OVER heartbeat windows above 20 ms had the control above it too; $GROW_CONTROL_RATE/s | | |"
+            fi
         fi
         echo "| idle CPU at $SESSIONS_MAX sessions (% of a core) | $IDLE_CPU | the sweeper walks the map every second | | |"
         echo "| RSS after expiry (MiB) | $(mib "$RSS_AFTER") | baseline $(mib "$RSS_BASE") MiB; records left $RECORDS_AFTER; poll $POLL_M s | ~ baseline | |"

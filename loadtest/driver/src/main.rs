@@ -1,18 +1,23 @@
 //! `streamcap-driver`: the measurement tool for streamcap's benchmark
-//! (`loadtest/bench.sh`). Three subcommands:
+//! (`loadtest/bench.sh`). Four subcommands:
 //!
 //! - `preload`: create sessions as fast as the server allows (pipelined),
 //!   writing heartbeat targets and fresh users' grants for later runs;
 //! - `rate`: open-model fixed-rate load with latency measured from each
 //!   request's intended send time (coordinated omission corrected);
 //! - `grow`: `preload` while `rate` sends heartbeats, reporting the latency
-//!   of every 1-second window as the session map grows.
+//!   of every 1-second window as the session map grows, optionally beside a
+//!   control stream on the operator `/healthz` (which never touches the map);
+//! - `jitter`: how late the machine wakes a sleeping thread (a floor under
+//!   any latency measured on it).
 //!
 //! Layout: [`http`] (client-side HTTP/1.1), [`targets`] (TAB-separated target
-//! files), [`preload`], [`rate`]; `grow` is the two run side by side, here.
+//! files), [`preload`], [`rate`], [`jitter`]; `grow` is `preload` and `rate`
+//! run side by side, here.
 #![forbid(unsafe_code)]
 
 mod http;
+mod jitter;
 mod preload;
 mod rate;
 mod targets;
@@ -43,6 +48,21 @@ enum Command {
     Rate(RateArgs),
     /// Preload while sending fixed-rate heartbeats; per-second latency windows.
     Grow(GrowArgs),
+    /// How late short sleeps wake up on this machine (run it idle, or beside a load).
+    Jitter(JitterArgs),
+}
+
+#[derive(Args, Clone)]
+struct JitterArgs {
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// Each sleep asks for this many microseconds.
+    #[arg(long, default_value_t = 200)]
+    sleep_us: u64,
+    /// Print a JSON summary line at the end.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -199,6 +219,16 @@ struct GrowArgs {
     /// Seconds of heartbeats after the growth ends (measured).
     #[arg(long, default_value_t = 2.0)]
     tail: f64,
+    /// Operator address: also send GET /healthz there at --control-rate, a
+    /// control on the same connection stack that never touches the map.
+    #[arg(long)]
+    control_addr: Option<String>,
+    /// Control requests per second (with --control-addr).
+    #[arg(long, default_value_t = 1000.0)]
+    control_rate: f64,
+    /// Connections for the control stream.
+    #[arg(long, default_value_t = 8)]
+    control_conns: usize,
     /// A window whose p99.9 exceeds this many ms is counted as over target.
     #[arg(long, default_value_t = 20.0)]
     threshold_ms: f64,
@@ -218,6 +248,7 @@ fn main() {
         Command::Preload(a) => preload(&a),
         Command::Rate(a) => rate(&a),
         Command::Grow(a) => grow(&a),
+        Command::Jitter(a) => jitter(&a),
     };
     if let Err(e) = result {
         eprintln!("streamcap-driver: {e}");
@@ -262,12 +293,38 @@ fn rate(a: &RateArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn jitter(a: &JitterArgs) -> Result<(), String> {
+    let report = jitter::run(Duration::from_micros(a.sleep_us), secs(a.secs, "--secs")?);
+    report.print();
+    if a.json {
+        println!("{}", report.json());
+    }
+    Ok(())
+}
+
 fn grow(a: &GrowArgs) -> Result<(), String> {
     let targets = Arc::new(Targets::load(&a.beat_targets.to_string_lossy())?);
     let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
     let stop_beats = stop.clone();
     let created = progress.clone();
+    let control_cfg = match &a.control_addr {
+        Some(addr) => Some(RateConfig {
+            addr: addr.clone(),
+            targets: Arc::new(Targets::parse("GET\t/healthz\t-\n".into())?),
+            method: "GET".into(),
+            rate: a.control_rate,
+            duration: None,
+            warmup: Duration::ZERO,
+            conns: a.control_conns,
+            drain: Duration::from_secs(5),
+            stop: Some(stop.clone()),
+            probe: None,
+            window: Duration::from_secs(1),
+            follow_tokens: false,
+        }),
+        None => None,
+    };
     let beat_cfg = RateConfig {
         addr: a.addr.clone(),
         targets,
@@ -286,6 +343,10 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
         .name("beats".into())
         .spawn(move || rate::run(beat_cfg))
         .map_err(|e| format!("cannot start the heartbeat thread: {e}"))?;
+    let control = control_cfg
+        .map(|cfg| std::thread::Builder::new().name("control".into()).spawn(move || rate::run(cfg)))
+        .transpose()
+        .map_err(|e| format!("cannot start the control thread: {e}"))?;
     std::thread::sleep(secs(a.lead, "--lead")?);
 
     let cfg = PreloadConfig {
@@ -309,12 +370,33 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
     std::thread::sleep(secs(a.tail, "--tail")?);
     stop_beats.store(true, Ordering::Relaxed);
     let beat_report = beats.join().map_err(|_| "the heartbeat thread panicked")??;
+    let control = match control {
+        Some(c) => Some(c.join().map_err(|_| "the control thread panicked")??),
+        None => None,
+    };
     let grown = grown?;
 
     grown.print();
     beat_report.print(a.windows);
-    let over = beat_report.windows.iter().filter(|w| w.p999_us as f64 / 1000.0 > a.threshold_ms).count();
+    let over_ms = |w: &rate::Window| w.p999_us as f64 / 1000.0 > a.threshold_ms;
+    let over = beat_report.windows.iter().filter(|w| over_ms(w)).count();
     println!("grow: {} of {} 1-s windows had p99.9 above {} ms", over, beat_report.windows.len(), a.threshold_ms);
+    // Windows of the two streams line up to within their start times (ms apart).
+    let control_json = control.map(|c| {
+        println!("control (GET /healthz on {}):", c.conns);
+        c.print(false);
+        let c_over = c.windows.iter().filter(|w| over_ms(w)).count();
+        let both = beat_report.windows.iter().zip(&c.windows).filter(|(b, c)| over_ms(b) && over_ms(c)).count();
+        println!(
+            "control: {c_over} of {} windows had p99.9 above {} ms; {both} of the {over} heartbeat windows above it had the control above it too",
+            c.windows.len(),
+            a.threshold_ms
+        );
+        let mut v = c.json();
+        v["windows_over_threshold"] = c_over.into();
+        v["over_in_both"] = both.into();
+        v
+    });
     if a.json {
         let mut v = beat_report.json();
         v["kind"] = "grow".into();
@@ -322,6 +404,7 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
         v["threshold_ms"] = a.threshold_ms.into();
         v["windows_over_threshold"] = over.into();
         v["windows_sessions"] = beat_report.windows.iter().map(|w| w.probe).collect::<Vec<_>>().into();
+        v["control"] = control_json.unwrap_or(serde_json::Value::Null);
         println!("{v}");
     }
     Ok(())
