@@ -112,14 +112,15 @@ fn main() {
                     token_expires_ms: NOW + TTL,
                     renew_to_ms: NOW + TTL + n % 1000,
                 };
-                let w = (grown.load(Ordering::Relaxed) / step) as usize;
+                let at = grown.load(Ordering::Relaxed);
+                let w = (at / step) as usize;
                 let t = Instant::now();
                 let beaten = store.heartbeat(keys[u as usize], &b, NOW);
                 let ns = t.elapsed().as_nanos() as u64;
                 assert!(matches!(beaten, Beaten::Renewed { .. }), "user {u}: {beaten:?}");
                 per_window[w.min(windows - 1)].saturating_record(ns.max(1));
                 if ns > SLOW_NS && slow.len() < SLOW_KEPT {
-                    slow.push((grown.load(Ordering::Relaxed), ns));
+                    slow.push((at, ns));
                 }
             }
             (per_window, slow)

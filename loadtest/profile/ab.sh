@@ -31,7 +31,8 @@ case $LAYOUT in
     shared) SERVER=() WRK=(wrk) ;;
     *) echo "LAYOUT must be pinned or shared" >&2; exit 2 ;;
 esac
-port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=loadtest/profile/lib.sh
+source "$ROOT/loadtest/profile/lib.sh"
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PORT=() ADMIN=()

@@ -21,7 +21,8 @@ mkdir -p "$OUT"
 for tool in valgrind callgrind_control callgrind_annotate wrk; do
     command -v "$tool" >/dev/null || { echo "$tool is required" >&2; exit 1; }
 done
-port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=loadtest/profile/lib.sh
+source "$ROOT/loadtest/profile/lib.sh"
 PORT=$(port) ADMIN=$(port)
 valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out" "$BIN" --listen "127.0.0.1:$PORT" \
     --admin-listen "127.0.0.1:$ADMIN" --max-poll-secs 3600 --sweep-millis 600000 >"$OUT/server.log" 2>&1 &

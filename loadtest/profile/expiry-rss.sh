@@ -14,7 +14,8 @@ BIN=${1:-$ROOT/target/release/streamcap}
 N=${N:-1000000}
 POLL=${POLL:-3}
 DRIVER=$ROOT/loadtest/driver/target/release/streamcap-driver
-port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=loadtest/profile/lib.sh
+source "$ROOT/loadtest/profile/lib.sh"
 PORT=$(port) ADMIN=$(port)
 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" 2>/dev/null &
 P=$!

@@ -23,18 +23,14 @@ SESSIONS=${SESSIONS:-1000000}
 SECS=${SECS:-20}
 RATE=${RATE:-33300}
 CONNS=${CONNS:-64}
-for tool in python3 jq "$BIN" "$DRIVER"; do
+for tool in python3 curl jq "$BIN" "$DRIVER"; do
     command -v "$tool" >/dev/null || { echo "$tool is required" >&2; exit 1; }
 done
 W=$(mktemp -d)
-port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PORT=$(port) ADMIN=$(port)
-"$BIN" --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" --max-poll-secs 3600 2>"$W/server.log" &
-P=$!
-trap 'kill $P 2>/dev/null || true; rm -rf "$W"' EXIT
-sleep 1
-"$DRIVER" preload --addr "127.0.0.1:$PORT" --sessions "$SESSIONS" --poll 3600 --tokens-out "$W/tokens.tsv" \
-    --progress 0 >/dev/null
+# shellcheck source=loadtest/profile/lib.sh
+source "$ROOT/loadtest/profile/lib.sh"
+trap 'kill ${P:-} 2>/dev/null || true; rm -rf "$W"' EXIT
+start_preloaded "$BIN" "$DRIVER" "$SESSIONS" "$W/tokens.tsv" "$W/server.log"
 printf 'GET\t/healthz\t-\n' >"$W/healthz.tsv"
 one() { # one NAME ADDR TARGETS
     "$DRIVER" rate --addr "$2" --targets "$3" --rate "$RATE" --duration "$SECS" --warmup 3 --conns "$CONNS" \

@@ -18,13 +18,10 @@ SECS=${SECS:-60}
 RATES=("$@")
 ((${#RATES[@]})) || RATES=(15000 20000 25000 33300)
 W=$(mktemp -d)
-port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PORT=$(port) ADMIN=$(port)
-"$BIN" --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" --max-poll-secs 3600 2>"$W/server.log" &
-P=$!
-trap 'kill $P 2>/dev/null || true; rm -rf "$W"' EXIT
-sleep 1
-"$DRIVER" preload --addr "127.0.0.1:$PORT" --sessions "$N" --poll 3600 --tokens-out "$W/t.tsv" >/dev/null 2>&1
+# shellcheck source=loadtest/profile/lib.sh
+source "$ROOT/loadtest/profile/lib.sh"
+trap 'kill ${P:-} 2>/dev/null || true; rm -rf "$W"' EXIT
+start_preloaded "$BIN" "$DRIVER" "$N" "$W/t.tsv" "$W/server.log"
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 echo "| rate (/s) | answered | errors | p50 (ms) | p99 (ms) | p99.9 (ms) | generator send lag p99 (ms) | server CPU (cores) | generator CPU (cores) |"

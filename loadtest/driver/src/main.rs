@@ -308,23 +308,6 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop_beats = stop.clone();
     let created = progress.clone();
-    let control_cfg = match &a.control_addr {
-        Some(addr) => Some(RateConfig {
-            addr: addr.clone(),
-            targets: Arc::new(Targets::parse("GET\t/healthz\t-\n".into())?),
-            method: "GET".into(),
-            rate: a.control_rate,
-            duration: None,
-            warmup: Duration::ZERO,
-            conns: a.control_conns,
-            drain: Duration::from_secs(5),
-            stop: Some(stop.clone()),
-            probe: None,
-            window: Duration::from_secs(1),
-            follow_tokens: false,
-        }),
-        None => None,
-    };
     let beat_cfg = RateConfig {
         addr: a.addr.clone(),
         targets,
@@ -338,6 +321,20 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
         probe: Some(Arc::new(move || created.created.load(Ordering::Relaxed))),
         window: Duration::from_secs(1),
         follow_tokens: false,
+    };
+    // The control: the heartbeats' stream (same stop, windows and drain)
+    // aimed at the operator `/healthz`.
+    let control_cfg = match &a.control_addr {
+        Some(addr) => Some(RateConfig {
+            addr: addr.clone(),
+            targets: Arc::new(Targets::parse("GET\t/healthz\t-\n".into())?),
+            method: "GET".into(),
+            rate: a.control_rate,
+            conns: a.control_conns,
+            probe: None,
+            ..beat_cfg.clone()
+        }),
+        None => None,
     };
     let beats = std::thread::Builder::new()
         .name("beats".into())
@@ -383,7 +380,7 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
     println!("grow: {} of {} 1-s windows had p99.9 above {} ms", over, beat_report.windows.len(), a.threshold_ms);
     // Windows of the two streams line up to within their start times (ms apart).
     let control_json = control.map(|c| {
-        println!("control (GET /healthz on {}):", c.conns);
+        println!("control (GET /healthz over {} connections):", c.conns);
         c.print(false);
         let c_over = c.windows.iter().filter(|w| over_ms(w)).count();
         let both = beat_report.windows.iter().zip(&c.windows).filter(|(b, c)| over_ms(b) && over_ms(c)).count();
