@@ -9,6 +9,10 @@
 #   1. install wrk (and jq, curl) if missing; build the server and the driver (release);
 #      the machine's own wake-up latency, idle (`streamcap-driver jitter`: how
 #      late a 200 µs sleep returns; a floor under every latency measured here);
+#      throughout, the machine's steal time (CPU time the hypervisor gave to
+#      others while this VM had work: `steal` in /proc/stat) over each
+#      measurement, in cores (2.00 = both), since it changes what the same
+#      run measures from one minute to the next;
 #   2. start the server (--max-poll-secs 3600); baseline RSS (VmRSS);
 #   3. preload PRELOAD sessions (1M; users hold 1, 2, 3 sessions: 2 on average);
 #      RSS and bytes/session at 1M;
@@ -231,6 +235,9 @@ start_server() { # sets SERVER_PID, PORT, ADMIN
 }
 
 rss() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$SERVER_PID/status"; }
+# Steal time of all CPUs since boot, ms (/proc/stat counts USER_HZ = 100/s).
+steal_ms() { awk '/^cpu / { print $9 * 10 }' /proc/stat; }
+cores() { awk -v ms="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.2f", ms / 1000 / s; else print "nan" }'; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
 metric() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m { print $2; exit }'; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
@@ -261,20 +268,23 @@ settle() { sleep "${1:-3}"; }
 # expires, with no stops, every record is a live session.
 held() { metric streamcap_records; }
 
-# wrk_run NAME ARGS...: one wrk run; sets WRK_RPS, WRK_BAD (status > 399) and
-# WRK_SOCK (socket errors); the raw output stays in WORKDIR.
+# wrk_run NAME ARGS...: one wrk run; sets WRK_RPS, WRK_BAD (status > 399),
+# WRK_SOCK (socket errors) and WRK_STEAL (the machine's steal time over the
+# run, cores); the raw output stays in WORKDIR.
 WRK_N=0
 wrk_run() {
     local name=$1
     shift
     WRK_N=$((WRK_N + 1))
-    local out=$WORK/wrk-$WRK_N-$name.txt
+    local out=$WORK/wrk-$WRK_N-$name.txt st0
+    st0=$(steal_ms)
     timeout $((DUR + 300)) "${WRK[@]}" -t1 -c"$WRK_CONNS" -d"${DUR}s" --timeout 10s "$@" >"$out" 2>&1 ||
         die "wrk ($name) failed: $(tail -3 "$out")"
     read -r WRK_RPS WRK_BAD WRK_SOCK < <(awk '/^Requests\/sec:/ { rps = $2 }
          /Non-2xx or 3xx responses:/ { bad = $NF }
          /Socket errors:/ { gsub(",", ""); sock = $4 + $6 + $8 + $10 }
          END { printf "%s %d %d\n", (rps == "" ? "nan" : rps), bad, sock }' "$out")
+    WRK_STEAL=$(cores $(($(steal_ms) - st0)) "$DUR")
 }
 
 declare -A PHASE_SECS
@@ -350,7 +360,7 @@ done
 # and wrk on CPU 1, "shared" lets the scheduler place both on either core.
 # Start runs take fresh users from a grants file per run (and layout).
 HB_BAD=0 ST_BAD=0 SOCK=0 GRANTS_N=0
-declare -A HZ_OF HB_OF ST_OF
+declare -A HZ_OF HB_OF ST_OF STEAL_OF
 for layout in $LAYOUTS; do
     [[ $layout == pinned || $layout == shared ]] || die "LAYOUTS: unknown layout '$layout' (pinned, shared)"
     WRK=(wrk)
@@ -358,19 +368,20 @@ for layout in $LAYOUTS; do
         taskset -a -p -c 0 "$SERVER_PID" >/dev/null || die "taskset: cannot pin the server"
         WRK=(taskset -c 1 wrk)
     fi
-    HZ=() HB=() ST=()
+    HZ=() HB=() ST=() STEAL=()
     for r in $(seq "$RUNS"); do
         GRANTS_N=$((GRANTS_N + 1))
         wrk_run healthz -s "$HEALTHZ_LUA" "http://127.0.0.1:$ADMIN"
-        HZ+=("$WRK_RPS") SOCK=$((SOCK + WRK_SOCK))
+        HZ+=("$WRK_RPS") SOCK=$((SOCK + WRK_SOCK)) steal_run=$WRK_STEAL
         wrk_run heartbeat -s "$POST_LUA" "http://$ADDR" -- "$WORK/tokens.tsv"
-        HB+=("$WRK_RPS") HB_BAD=$((HB_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK))
+        HB+=("$WRK_RPS") HB_BAD=$((HB_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK)) steal_run+=/$WRK_STEAL
         wrk_run start -s "$POST_LUA" "http://$ADDR" -- "$WORK/grants-$GRANTS_N.tsv"
-        ST+=("$WRK_RPS") ST_BAD=$((ST_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK))
+        ST+=("$WRK_RPS") ST_BAD=$((ST_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK)) steal_run+=/$WRK_STEAL
+        STEAL+=("$steal_run")
         rm -f "$WORK/grants-$GRANTS_N.tsv"
-        log "$layout run $r: healthz ${HZ[-1]}/s, heartbeat ${HB[-1]}/s, start ${ST[-1]}/s"
+        log "$layout run $r: healthz ${HZ[-1]}/s, heartbeat ${HB[-1]}/s, start ${ST[-1]}/s; steal $steal_run cores"
     done
-    HZ_OF[$layout]=${HZ[*]} HB_OF[$layout]=${HB[*]} ST_OF[$layout]=${ST[*]}
+    HZ_OF[$layout]=${HZ[*]} HB_OF[$layout]=${HB[*]} ST_OF[$layout]=${ST[*]} STEAL_OF[$layout]=${STEAL[*]}
     if [[ $layout == pinned ]]; then
         taskset -a -p -c "0-$(($(nproc) - 1))" "$SERVER_PID" >/dev/null || die "taskset: cannot unpin the server"
     fi
@@ -519,7 +530,7 @@ TABLE=$WORK/table.md
     echo "|---|---|---|---|---|"
     if [[ -n $JITTER_JSON ]]; then
         jt() { jq -r "$1" <<<"$JITTER_JSON"; }
-        echo "| machine: wake-up overshoot of a 200 µs sleep, idle, p50 / p99 / p99.9 / max (ms) | $(jt .p50_ms) / $(jt .p99_ms) / $(jt .p999_ms) / $(jt .max_ms) | $(jt .sleeps) sleeps in $(jt .secs) s (streamcap-driver jitter) | | |"
+        echo "| machine: wake-up overshoot of a 200 µs sleep, idle, p50 / p99 / p99.9 / max (ms) | $(jt .p50_ms) / $(jt .p99_ms) / $(jt .p999_ms) / $(jt .max_ms) | $(jt .sleeps) sleeps in $(jt .secs) s (streamcap-driver jitter); steal $(cores "$(jt '.steal_ms // "nan"')" "$(jt .secs)") cores |  | |"
     fi
     echo "| baseline RSS (MiB) | $(mib "$RSS_BASE_FIRST") | dev mode, no sessions | | |"
     echo "| preload $PRELOAD (sessions/s) | $PRELOAD_RATE | non-201 or i/o errors: $PRELOAD_BAD; poll $POLL_A s | | $(verdict "$PRELOAD_BAD" "==" 0) |"
@@ -541,6 +552,7 @@ TABLE=$WORK/table.md
         echo "| $layout: start, post.lua over grants (req/s, median) | $ST_MED | ${ST[*]} | | |"
         echo "| $layout: heartbeat / healthz | $HB_RATIO | per run: ${HB_RATIOS[*]} | >= 0.85 | $(verdict "$HB_RATIO" ">=" 0.85) |"
         echo "| $layout: start / heartbeat | $ST_RATIO | per run: ${ST_RATIOS[*]} | >= 0.50 | $(verdict "$ST_RATIO" ">=" 0.50) |"
+        echo "| $layout: machine steal, healthz/heartbeat/start (cores) | | per run: ${STEAL_OF[$layout]} | | |"
     done
     echo "| failed answers in the throughput runs | $((HB_BAD + ST_BAD)) | heartbeats non-200: $HB_BAD; starts non-201: $ST_BAD | 0 | $(verdict "$((HB_BAD + ST_BAD))" "==" 0) |"
     echo "| wrk socket errors (all runs) | $SOCK | | 0 | $(verdict "$SOCK" "==" 0) |"
@@ -548,9 +560,14 @@ TABLE=$WORK/table.md
     echo "| fixed rate: latency p50 / p90 / p99.9 / max (ms) | $(q .p50_ms) / $(q .p90_ms) / $(q .p999_ms) / $(q .max_ms) | from intended send (CO-corrected); generator lag p99 $(q .send_lag_p99_ms) ms | | |"
     echo "| fixed rate: p99 (ms) | $(q .p99_ms) | service time p99 $(q .service_p99_ms) ms; worst 1-s p99.9 $(q .worst_window_p999_ms) ms | < 5 | $(verdict "$(q .p99_ms)" "<" 5) |"
     echo "| fixed rate: errors | $(q .errors) | non-2xx $(q .non_2xx), i/o $(q .io_errors), unanswered $(q .unanswered), not sent $(q .not_sent) | 0 | $(verdict "$(q .errors)" "==" 0) |"
+    # Steal in the 1-s windows whose p99.9 is above 20 ms, against the rest.
+    steal_split='def mean: if length == 0 then "-" else (add / length | round) end;
+        [.windows_p999_ms, .windows_steal_ms] | transpose | map(select(.[1] != null))
+        | "\(map(select(.[0] > 20)) | length) windows with p99.9 > 20 ms: mean steal \(map(select(.[0] > 20) | .[1]) | mean) ms/s; the others \(map(select(.[0] <= 20) | .[1]) | mean) ms/s"'
+    echo "| fixed rate: machine steal (cores) | $(cores "$(q '.steal_ms // "nan"')" "$(q .measured_secs)") | $(q "$steal_split") | | |"
     if [[ -n $CONTROL_JSON ]]; then
         c() { jq -r "$1" <<<"$CONTROL_JSON"; }
-        echo "| control: GET /healthz at $RATE/s, $RATE_CONNS conns, p50 / p90 / p99 / p99.9 (ms) | $(c .p50_ms) / $(c .p90_ms) / $(c .p99_ms) / $(c .p999_ms) | $(c .measured_secs) s on the operator port, errors $(c .errors); generator lag p99 $(c .send_lag_p99_ms) ms | | |"
+        echo "| control: GET /healthz at $RATE/s, $RATE_CONNS conns, p50 / p90 / p99 / p99.9 (ms) | $(c .p50_ms) / $(c .p90_ms) / $(c .p99_ms) / $(c .p999_ms) | $(c .measured_secs) s on the operator port, errors $(c .errors); generator lag p99 $(c .send_lag_p99_ms) ms; steal $(cores "$(c '.steal_ms // "nan"')" "$(c .measured_secs)") cores | | |"
     fi
     if [[ $SKIP_MEMORY != 1 ]]; then
         for m in "${MEM_ROWS[@]}"; do

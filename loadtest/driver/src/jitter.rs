@@ -4,6 +4,12 @@
 //! such wake-ups (the generator's sender, a server worker, the generator's
 //! reader), so this overshoot is a floor under any latency measured here,
 //! whatever the server does.
+//!
+//! Also here: [`steal_ms`], the machine's steal time. In a virtual machine
+//! a CPU that has work can still be kept off the physical core by the
+//! hypervisor; Linux counts that time as `steal` in `/proc/stat`. `rate`
+//! samples it per window, so a latency stall can be set beside the time
+//! the host took away meanwhile.
 
 use std::time::{Duration, Instant};
 
@@ -11,17 +17,36 @@ use hdrhistogram::Histogram;
 
 use crate::preload::round3;
 
+/// Milliseconds of steal time summed over all CPUs since boot; `None`
+/// where `/proc/stat` is missing or has no steal column (not Linux, old kernel).
+pub fn steal_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    steal_ms_in(&stat)
+}
+
+/// The steal column (the 8th number) of the aggregate `cpu` line. Its unit
+/// is USER_HZ, which the kernel's ABI fixes at 100 per second.
+fn steal_ms_in(stat: &str) -> Option<u64> {
+    const USER_HZ: u64 = 100;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = line.split_ascii_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks * (1000 / USER_HZ))
+}
+
 pub struct JitterReport {
     pub asked: Duration,
     pub secs: f64,
     /// Overshoot of each sleep, microseconds.
     pub late: Histogram<u64>,
+    /// Steal time during the run, all CPUs together.
+    pub steal_ms: Option<u64>,
 }
 
 /// Sleeps for `asked` repeatedly for `secs` seconds.
 pub fn run(asked: Duration, secs: Duration) -> JitterReport {
     // 1 µs to 10 s: valid bounds, cannot fail.
     let mut late = Histogram::new_with_bounds(1, 10_000_000, 3).expect("histogram bounds");
+    let steal0 = steal_ms();
     let t0 = Instant::now();
     while t0.elapsed() < secs {
         let before = Instant::now();
@@ -29,7 +54,8 @@ pub fn run(asked: Duration, secs: Duration) -> JitterReport {
         let over = before.elapsed().saturating_sub(asked);
         late.saturating_record((over.as_micros() as u64).max(1));
     }
-    JitterReport { asked, secs: t0.elapsed().as_secs_f64(), late }
+    let steal_ms = steal0.zip(steal_ms()).map(|(a, b)| b.saturating_sub(a));
+    JitterReport { asked, secs: t0.elapsed().as_secs_f64(), late, steal_ms }
 }
 
 impl JitterReport {
@@ -39,14 +65,15 @@ impl JitterReport {
 
     pub fn print(&self) {
         println!(
-            "jitter: {} sleeps of {} µs in {:.1} s; overshoot p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+            "jitter: {} sleeps of {} µs in {:.1} s; overshoot p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; steal {}",
             self.late.len(),
             self.asked.as_micros(),
             self.secs,
             self.ms(0.5),
             self.ms(0.99),
             self.ms(0.999),
-            self.late.max() as f64 / 1000.0
+            self.late.max() as f64 / 1000.0,
+            self.steal_ms.map_or("unknown".into(), |s| format!("{s} ms"))
         );
     }
 
@@ -60,6 +87,7 @@ impl JitterReport {
             "p99_ms": self.ms(0.99),
             "p999_ms": self.ms(0.999),
             "max_ms": self.late.max() as f64 / 1000.0,
+            "steal_ms": self.steal_ms,
         })
     }
 }
@@ -74,5 +102,15 @@ mod tests {
         // A sleep never returns early, so each took at least 200 µs: at most 250 fit.
         assert!((1..=250).contains(&r.late.len()), "{} sleeps", r.late.len());
         assert!(r.json()["p50_ms"].as_f64().is_some());
+    }
+
+    #[test]
+    fn steal_is_the_eighth_number_of_the_cpu_line() {
+        let stat = "cpu  2671243 665576 1442449 3131041 37595 0 696781 275078 0 0\n\
+                    cpu0 1278602 336222 711003 1639166 10535 0 349682 135448 0 0\n";
+        assert_eq!(steal_ms_in(stat), Some(2_750_780));
+        // Kernels before 2.6.11 have no steal column.
+        assert_eq!(steal_ms_in("cpu  1 2 3 4 5 6 7\n"), None);
+        assert_eq!(steal_ms_in("intr 1 2 3\n"), None);
     }
 }

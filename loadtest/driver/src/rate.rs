@@ -124,6 +124,8 @@ pub struct Window {
     /// large lag says more about the load generator (or the machine) than the server.
     pub lag_max_us: u64,
     pub probe: Option<u64>,
+    /// Steal time in this window, all CPUs together (see [`crate::jitter::steal_ms`]).
+    pub steal_ms: Option<u64>,
 }
 
 struct Stats {
@@ -266,8 +268,9 @@ impl RateReport {
         if windows {
             for (i, w) in self.windows.iter().enumerate() {
                 let probe = w.probe.map(|p| format!("  sessions {p}")).unwrap_or_default();
+                let steal = w.steal_ms.map(|s| format!("  steal {s:>5} ms")).unwrap_or_default();
                 println!(
-                    "  window {i:>4}: answers {:>7}  p99 {:>8.3} ms  p99.9 {:>8.3} ms  max {:>8.3} ms  send lag max {:>8.3} ms{probe}",
+                    "  window {i:>4}: answers {:>7}  p99 {:>8.3} ms  p99.9 {:>8.3} ms  max {:>8.3} ms  send lag max {:>8.3} ms{steal}{probe}",
                     w.count,
                     ms(w.p99_us),
                     ms(w.p999_us),
@@ -278,13 +281,14 @@ impl RateReport {
         }
         if let Some((i, w)) = self.worst_window() {
             println!(
-                "  {}-s windows: {}; worst p99.9 {:.3} ms in window {i} ({} answers, max {:.3} ms, send lag max {:.3} ms{})",
+                "  {}-s windows: {}; worst p99.9 {:.3} ms in window {i} ({} answers, max {:.3} ms, send lag max {:.3} ms{}{})",
                 self.window_secs,
                 self.windows.len(),
                 ms(w.p999_us),
                 w.count,
                 ms(w.max_us),
                 ms(w.lag_max_us),
+                w.steal_ms.map(|s| format!(", steal {s} ms")).unwrap_or_default(),
                 w.probe.map(|p| format!(", {p} sessions")).unwrap_or_default()
             );
         }
@@ -327,6 +331,9 @@ impl RateReport {
             "worst_window_p999_ms": worst.map_or(0.0, |(_, w)| ms(w.p999_us)),
             "worst_window_sessions": worst.and_then(|(_, w)| w.probe),
             "worst_window_send_lag_max_ms": worst.map_or(0.0, |(_, w)| ms(w.lag_max_us)),
+            "worst_window_steal_ms": worst.and_then(|(_, w)| w.steal_ms),
+            "steal_ms": self.windows.iter().map(|w| w.steal_ms).sum::<Option<u64>>(),
+            "windows_steal_ms": self.windows.iter().map(|w| w.steal_ms).collect::<Vec<_>>(),
             "windows_p999_ms": self.windows.iter().map(|w| ms(w.p999_us)).collect::<Vec<_>>(),
         })
     }
@@ -374,6 +381,8 @@ struct Paced {
     not_sent: u64,
     end_ns: u64,
     probes: Vec<u64>,
+    /// [`crate::jitter::steal_ms`] as each window opened, and once at the end.
+    steal: Vec<Option<u64>>,
 }
 
 async fn drive(cfg: RateConfig) -> Result<RateReport, String> {
@@ -451,6 +460,10 @@ async fn drive(cfg: RateConfig) -> Result<RateReport, String> {
             max_us: if h.is_empty() { 0 } else { h.max() },
             lag_max_us: stats.windows_lag_max.get(i).copied().unwrap_or(0),
             probe: paced.probes.get(i).copied(),
+            steal_ms: match (paced.steal.get(i), paced.steal.get(i + 1)) {
+                (Some(Some(a)), Some(Some(b))) => Some(b.saturating_sub(*a)),
+                _ => None,
+            },
         })
         .collect();
     Ok(RateReport {
@@ -482,7 +495,7 @@ fn pace(cfg: &RateConfig, shared: &Shared) -> Paced {
     let window_ns = (cfg.window.as_nanos() as u64).max(1);
     let end_ns = cfg.duration.map(|d| warmup_ns + d.as_nanos() as u64);
     let n = shared.conns.len() as u64;
-    let mut paced = Paced { sent: 0, not_sent: 0, end_ns: warmup_ns, probes: Vec::new() };
+    let mut paced = Paced { sent: 0, not_sent: 0, end_ns: warmup_ns, probes: Vec::new(), steal: Vec::new() };
     let mut k = 0u64;
     let host = cfg.addr.as_str();
     'run: loop {
@@ -491,12 +504,17 @@ fn pace(cfg: &RateConfig, shared: &Shared) -> Paced {
             paced.end_ns = now.max(warmup_ns);
             break;
         }
-        if let Some(probe) = &cfg.probe
-            && now >= warmup_ns
-        {
+        if now >= warmup_ns {
             let w = ((now - warmup_ns) / window_ns) as usize;
-            while paced.probes.len() <= w {
-                paced.probes.push(probe());
+            if let Some(probe) = &cfg.probe {
+                while paced.probes.len() <= w {
+                    paced.probes.push(probe());
+                }
+            }
+            // A window opened while the pacer was held off is sampled late,
+            // together with the next one.
+            while paced.steal.len() <= w {
+                paced.steal.push(crate::jitter::steal_ms());
             }
         }
         loop {
@@ -534,6 +552,7 @@ fn pace(cfg: &RateConfig, shared: &Shared) -> Paced {
             std::thread::sleep(Duration::from_nanos((next - now).min(50_000_000)));
         }
     }
+    paced.steal.push(crate::jitter::steal_ms());
     // Push out anything the sockets did not take yet, within the drain time.
     let deadline = Instant::now() + cfg.drain;
     loop {
