@@ -3,35 +3,14 @@
 //! than asked each one took. A request/answer over loopback needs several
 //! such wake-ups (the generator's sender, a server worker, the generator's
 //! reader), so this overshoot is a floor under any latency measured here,
-//! whatever the server does.
-//!
-//! Also here: [`steal_ms`], the machine's steal time. In a virtual machine
-//! a CPU that has work can still be kept off the physical core by the
-//! hypervisor; Linux counts that time as `steal` in `/proc/stat`. `rate`
-//! samples it per window, so a latency stall can be set beside the time
-//! the host took away meanwhile.
+//! whatever the server does. The machine's steal time over the run (see
+//! [`crate::steal`]) is reported beside it.
 
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use crate::preload::round3;
-
-/// Milliseconds of steal time summed over all CPUs since boot; `None`
-/// where `/proc/stat` is missing or has no steal column (not Linux, old kernel).
-pub fn steal_ms() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    steal_ms_in(&stat)
-}
-
-/// The steal column (the 8th number) of the aggregate `cpu` line. Its unit
-/// is USER_HZ, which the kernel's ABI fixes at 100 per second.
-fn steal_ms_in(stat: &str) -> Option<u64> {
-    const USER_HZ: u64 = 100;
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let ticks: u64 = line.split_ascii_whitespace().nth(8)?.parse().ok()?;
-    Some(ticks * (1000 / USER_HZ))
-}
 
 pub struct JitterReport {
     pub asked: Duration,
@@ -46,7 +25,7 @@ pub struct JitterReport {
 pub fn run(asked: Duration, secs: Duration) -> JitterReport {
     // 1 µs to 10 s: valid bounds, cannot fail.
     let mut late = Histogram::new_with_bounds(1, 10_000_000, 3).expect("histogram bounds");
-    let steal0 = steal_ms();
+    let steal0 = crate::steal::total_ms();
     let t0 = Instant::now();
     while t0.elapsed() < secs {
         let before = Instant::now();
@@ -54,7 +33,7 @@ pub fn run(asked: Duration, secs: Duration) -> JitterReport {
         let over = before.elapsed().saturating_sub(asked);
         late.saturating_record((over.as_micros() as u64).max(1));
     }
-    let steal_ms = steal0.zip(steal_ms()).map(|(a, b)| b.saturating_sub(a));
+    let steal_ms = steal0.zip(crate::steal::total_ms()).map(|(a, b)| b.saturating_sub(a));
     JitterReport { asked, secs: t0.elapsed().as_secs_f64(), late, steal_ms }
 }
 
@@ -102,15 +81,5 @@ mod tests {
         // A sleep never returns early, so each took at least 200 µs: at most 250 fit.
         assert!((1..=250).contains(&r.late.len()), "{} sleeps", r.late.len());
         assert!(r.json()["p50_ms"].as_f64().is_some());
-    }
-
-    #[test]
-    fn steal_is_the_eighth_number_of_the_cpu_line() {
-        let stat = "cpu  2671243 665576 1442449 3131041 37595 0 696781 275078 0 0\n\
-                    cpu0 1278602 336222 711003 1639166 10535 0 349682 135448 0 0\n";
-        assert_eq!(steal_ms_in(stat), Some(2_750_780));
-        // Kernels before 2.6.11 have no steal column.
-        assert_eq!(steal_ms_in("cpu  1 2 3 4 5 6 7\n"), None);
-        assert_eq!(steal_ms_in("intr 1 2 3\n"), None);
     }
 }

@@ -12,14 +12,16 @@
 //!   any latency measured on it).
 //!
 //! Layout: [`http`] (client-side HTTP/1.1), [`targets`] (TAB-separated target
-//! files), [`preload`], [`rate`], [`jitter`]; `grow` is `preload` and `rate`
-//! run side by side, here.
+//! files), [`preload`], [`rate`], [`jitter`], [`steal`] (the machine's steal
+//! time, beside every `rate` window); `grow` is `preload` and `rate` run
+//! side by side, here.
 #![forbid(unsafe_code)]
 
 mod http;
 mod jitter;
 mod preload;
 mod rate;
+mod steal;
 mod targets;
 
 use std::path::PathBuf;

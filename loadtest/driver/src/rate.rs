@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::http::{ReadBuf, write_request};
 use crate::preload::round3;
+use crate::steal::{BURST_SPAN, Sampler, WindowSteal};
 use crate::targets::Targets;
 
 /// Histogram bounds: 1 µs to 60 s (longer answers are clamped).
@@ -124,8 +125,8 @@ pub struct Window {
     /// large lag says more about the load generator (or the machine) than the server.
     pub lag_max_us: u64,
     pub probe: Option<u64>,
-    /// Steal time in this window, all CPUs together (see [`crate::jitter::steal_ms`]).
-    pub steal_ms: Option<u64>,
+    /// The machine's steal time in this window (see [`crate::steal`]).
+    pub steal: Option<WindowSteal>,
 }
 
 struct Stats {
@@ -268,7 +269,10 @@ impl RateReport {
         if windows {
             for (i, w) in self.windows.iter().enumerate() {
                 let probe = w.probe.map(|p| format!("  sessions {p}")).unwrap_or_default();
-                let steal = w.steal_ms.map(|s| format!("  steal {s:>5} ms")).unwrap_or_default();
+                let steal = w
+                    .steal
+                    .map(|s| format!("  steal {:>5} ms (one CPU {:>4} ms)", s.total_ms, s.burst_ms))
+                    .unwrap_or_default();
                 println!(
                     "  window {i:>4}: answers {:>7}  p99 {:>8.3} ms  p99.9 {:>8.3} ms  max {:>8.3} ms  send lag max {:>8.3} ms{steal}{probe}",
                     w.count,
@@ -288,7 +292,14 @@ impl RateReport {
                 w.count,
                 ms(w.max_us),
                 ms(w.lag_max_us),
-                w.steal_ms.map(|s| format!(", steal {s} ms")).unwrap_or_default(),
+                w.steal
+                    .map(|s| format!(
+                        ", steal {} ms, one CPU {} ms within {} ms",
+                        s.total_ms,
+                        s.burst_ms,
+                        BURST_SPAN.as_millis()
+                    ))
+                    .unwrap_or_default(),
                 w.probe.map(|p| format!(", {p} sessions")).unwrap_or_default()
             );
         }
@@ -331,9 +342,11 @@ impl RateReport {
             "worst_window_p999_ms": worst.map_or(0.0, |(_, w)| ms(w.p999_us)),
             "worst_window_sessions": worst.and_then(|(_, w)| w.probe),
             "worst_window_send_lag_max_ms": worst.map_or(0.0, |(_, w)| ms(w.lag_max_us)),
-            "worst_window_steal_ms": worst.and_then(|(_, w)| w.steal_ms),
-            "steal_ms": self.windows.iter().map(|w| w.steal_ms).sum::<Option<u64>>(),
-            "windows_steal_ms": self.windows.iter().map(|w| w.steal_ms).collect::<Vec<_>>(),
+            "worst_window_steal_ms": worst.and_then(|(_, w)| w.steal).map(|s| s.total_ms),
+            "steal_ms": self.windows.iter().map(|w| w.steal.map(|s| s.total_ms)).sum::<Option<u64>>(),
+            "windows_steal_ms": self.windows.iter().map(|w| w.steal.map(|s| s.total_ms)).collect::<Vec<_>>(),
+            "windows_steal_burst_ms": self.windows.iter().map(|w| w.steal.map(|s| s.burst_ms)).collect::<Vec<_>>(),
+            "steal_burst_span_ms": BURST_SPAN.as_millis() as u64,
             "windows_p999_ms": self.windows.iter().map(|w| ms(w.p999_us)).collect::<Vec<_>>(),
         })
     }
@@ -381,8 +394,6 @@ struct Paced {
     not_sent: u64,
     end_ns: u64,
     probes: Vec<u64>,
-    /// [`crate::jitter::steal_ms`] as each window opened, and once at the end.
-    steal: Vec<Option<u64>>,
 }
 
 async fn drive(cfg: RateConfig) -> Result<RateReport, String> {
@@ -397,6 +408,7 @@ async fn drive(cfg: RateConfig) -> Result<RateReport, String> {
     let warmup_ns = cfg.warmup.as_nanos() as u64;
     // A short lead so that every reader is waiting before the first send.
     let t0 = Instant::now() + Duration::from_millis(20);
+    let sampler = Sampler::start(t0, Duration::from_millis(10));
     let followed = cfg.follow_tokens.then(|| (0..cfg.targets.len()).map(|_| Mutex::new(None)).collect());
     let shared = Arc::new(Shared {
         conns: states,
@@ -449,6 +461,8 @@ async fn drive(cfg: RateConfig) -> Result<RateReport, String> {
         }
     }
     let stats = std::mem::replace(&mut *shared.stats.lock().map_err(|_| "stats lock poisoned")?, Stats::new(0, 1));
+    let steal = sampler.map(Sampler::finish);
+    let window_ns = (cfg.window.as_nanos() as u64).max(1);
     let windows = stats
         .windows
         .iter()
@@ -460,10 +474,9 @@ async fn drive(cfg: RateConfig) -> Result<RateReport, String> {
             max_us: if h.is_empty() { 0 } else { h.max() },
             lag_max_us: stats.windows_lag_max.get(i).copied().unwrap_or(0),
             probe: paced.probes.get(i).copied(),
-            steal_ms: match (paced.steal.get(i), paced.steal.get(i + 1)) {
-                (Some(Some(a)), Some(Some(b))) => Some(b.saturating_sub(*a)),
-                _ => None,
-            },
+            steal: steal
+                .as_ref()
+                .and_then(|s| s.window(warmup_ns + i as u64 * window_ns, warmup_ns + (i as u64 + 1) * window_ns)),
         })
         .collect();
     Ok(RateReport {
@@ -495,7 +508,7 @@ fn pace(cfg: &RateConfig, shared: &Shared) -> Paced {
     let window_ns = (cfg.window.as_nanos() as u64).max(1);
     let end_ns = cfg.duration.map(|d| warmup_ns + d.as_nanos() as u64);
     let n = shared.conns.len() as u64;
-    let mut paced = Paced { sent: 0, not_sent: 0, end_ns: warmup_ns, probes: Vec::new(), steal: Vec::new() };
+    let mut paced = Paced { sent: 0, not_sent: 0, end_ns: warmup_ns, probes: Vec::new() };
     let mut k = 0u64;
     let host = cfg.addr.as_str();
     'run: loop {
@@ -504,17 +517,12 @@ fn pace(cfg: &RateConfig, shared: &Shared) -> Paced {
             paced.end_ns = now.max(warmup_ns);
             break;
         }
-        if now >= warmup_ns {
+        if let Some(probe) = &cfg.probe
+            && now >= warmup_ns
+        {
             let w = ((now - warmup_ns) / window_ns) as usize;
-            if let Some(probe) = &cfg.probe {
-                while paced.probes.len() <= w {
-                    paced.probes.push(probe());
-                }
-            }
-            // A window opened while the pacer was held off is sampled late,
-            // together with the next one.
-            while paced.steal.len() <= w {
-                paced.steal.push(crate::jitter::steal_ms());
+            while paced.probes.len() <= w {
+                paced.probes.push(probe());
             }
         }
         loop {
@@ -552,7 +560,6 @@ fn pace(cfg: &RateConfig, shared: &Shared) -> Paced {
             std::thread::sleep(Duration::from_nanos((next - now).min(50_000_000)));
         }
     }
-    paced.steal.push(crate::jitter::steal_ms());
     // Push out anything the sockets did not take yet, within the drain time.
     let deadline = Instant::now() + cfg.drain;
     loop {
