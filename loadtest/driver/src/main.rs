@@ -380,20 +380,35 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
     let over_ms = |w: &rate::Window| w.p999_us as f64 / 1000.0 > a.threshold_ms;
     let over = beat_report.windows.iter().filter(|w| over_ms(w)).count();
     println!("grow: {} of {} 1-s windows had p99.9 above {} ms", over, beat_report.windows.len(), a.threshold_ms);
+    // Slow windows in which the host took a CPU away for a stall's worth.
+    let host_burst = |w: &rate::Window| w.steal.is_some_and(|s| s.burst_ms >= steal::HOST_STALL_MS);
+    let over_burst = beat_report.windows.iter().filter(|w| over_ms(w) && host_burst(w)).count();
+    println!(
+        "grow: {over_burst} of those {over} had a CPU taken away by the host for {} ms or more within {} ms",
+        steal::HOST_STALL_MS,
+        steal::BURST_SPAN.as_millis()
+    );
     // Windows of the two streams line up to within their start times (ms apart).
     let control_json = control.map(|c| {
         println!("control (GET /healthz over {} connections):", c.conns);
         c.print(false);
         let c_over = c.windows.iter().filter(|w| over_ms(w)).count();
         let both = beat_report.windows.iter().zip(&c.windows).filter(|(b, c)| over_ms(b) && over_ms(c)).count();
+        let neither = beat_report
+            .windows
+            .iter()
+            .enumerate()
+            .filter(|(i, b)| over_ms(b) && !host_burst(b) && !c.windows.get(*i).is_some_and(over_ms))
+            .count();
         println!(
-            "control: {c_over} of {} windows had p99.9 above {} ms; {both} of the {over} heartbeat windows above it had the control above it too",
+            "control: {c_over} of {} windows had p99.9 above {} ms; {both} of the {over} heartbeat windows above it had the control above it too; {neither} had neither the control above it nor a host burst",
             c.windows.len(),
             a.threshold_ms
         );
         let mut v = c.json();
         v["windows_over_threshold"] = c_over.into();
         v["over_in_both"] = both.into();
+        v["over_heartbeats_only"] = neither.into();
         v
     });
     if a.json {
@@ -401,6 +416,7 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
         v["kind"] = "grow".into();
         v["preload"] = grown.json();
         v["threshold_ms"] = a.threshold_ms.into();
+        v["over_with_steal_burst"] = over_burst.into();
         v["windows_over_threshold"] = over.into();
         v["windows_sessions"] = beat_report.windows.iter().map(|w| w.probe).collect::<Vec<_>>().into();
         v["control"] = control_json.unwrap_or(serde_json::Value::Null);

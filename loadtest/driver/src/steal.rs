@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 /// The span within which a CPU's lost time counts as one burst.
 pub const BURST_SPAN: Duration = Duration::from_millis(150);
 
+/// A burst this long is a stall made by the host: whatever ran on that CPU
+/// stopped for more than twice the 20 ms a latency window may take.
+pub const HOST_STALL_MS: u64 = 50;
+
 /// `/proc/stat` counts in USER_HZ, which the kernel's ABI fixes at 100 per second.
 const MS_PER_TICK: u64 = 10;
 
