@@ -384,7 +384,7 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
     let host_burst = |w: &rate::Window| w.steal.is_some_and(|s| s.burst_ms >= steal::HOST_STALL_MS);
     let over_burst = beat_report.windows.iter().filter(|w| over_ms(w) && host_burst(w)).count();
     println!(
-        "grow: {over_burst} of those {over} had a CPU taken away by the host for {} ms or more within {} ms",
+        "grow: {over_burst} of those {over} had a CPU lose {} ms or more to the host within {} ms",
         steal::HOST_STALL_MS,
         steal::BURST_SPAN.as_millis()
     );
@@ -394,21 +394,21 @@ fn grow(a: &GrowArgs) -> Result<(), String> {
         c.print(false);
         let c_over = c.windows.iter().filter(|w| over_ms(w)).count();
         let both = beat_report.windows.iter().zip(&c.windows).filter(|(b, c)| over_ms(b) && over_ms(c)).count();
-        let neither = beat_report
+        let unexplained = beat_report
             .windows
             .iter()
             .enumerate()
             .filter(|(i, b)| over_ms(b) && !host_burst(b) && !c.windows.get(*i).is_some_and(over_ms))
             .count();
         println!(
-            "control: {c_over} of {} windows had p99.9 above {} ms; {both} of the {over} heartbeat windows above it had the control above it too; {neither} had neither the control above it nor a host burst",
+            "control: {c_over} of {} windows had p99.9 above {} ms; {both} of the {over} heartbeat windows above it had the control above it too; {unexplained} had neither the control above it nor a host burst",
             c.windows.len(),
             a.threshold_ms
         );
         let mut v = c.json();
         v["windows_over_threshold"] = c_over.into();
         v["over_in_both"] = both.into();
-        v["over_heartbeats_only"] = neither.into();
+        v["over_unexplained"] = unexplained.into();
         v
     });
     if a.json {

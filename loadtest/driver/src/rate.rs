@@ -205,6 +205,8 @@ pub struct RateReport {
     pub lag: Histogram<u64>,
     pub windows: Vec<Window>,
     pub window_secs: f64,
+    /// The machine's steal time over the measured span, all CPUs together.
+    pub steal_ms: Option<u64>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -343,7 +345,7 @@ impl RateReport {
             "worst_window_sessions": worst.and_then(|(_, w)| w.probe),
             "worst_window_send_lag_max_ms": worst.map_or(0.0, |(_, w)| ms(w.lag_max_us)),
             "worst_window_steal_ms": worst.and_then(|(_, w)| w.steal).map(|s| s.total_ms),
-            "steal_ms": self.windows.iter().map(|w| w.steal.map(|s| s.total_ms)).sum::<Option<u64>>(),
+            "steal_ms": self.steal_ms,
             "windows_steal_ms": self.windows.iter().map(|w| w.steal.map(|s| s.total_ms)).collect::<Vec<_>>(),
             "windows_steal_burst_ms": self.windows.iter().map(|w| w.steal.map(|s| s.burst_ms)).collect::<Vec<_>>(),
             "steal_burst_span_ms": BURST_SPAN.as_millis() as u64,
@@ -496,6 +498,7 @@ async fn drive(cfg: RateConfig) -> Result<RateReport, String> {
         lag: stats.lag,
         windows,
         window_secs: cfg.window.as_secs_f64(),
+        steal_ms: steal.as_ref().and_then(|s| s.total(warmup_ns, paced.end_ns)),
     })
 }
 

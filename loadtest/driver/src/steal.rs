@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 /// The span within which a CPU's lost time counts as one burst.
 pub const BURST_SPAN: Duration = Duration::from_millis(150);
 
-/// A burst this long is a stall made by the host: whatever ran on that CPU
-/// stopped for more than twice the 20 ms a latency window may take.
+/// A burst this long (lost within one [`BURST_SPAN`], in one piece or in
+/// several) is more than twice the 20 ms p99.9 a latency window may have:
+/// a slow window that coincides with one is put down to the host.
 pub const HOST_STALL_MS: u64 = 50;
 
-/// `/proc/stat` counts in USER_HZ, which the kernel's ABI fixes at 100 per second.
+/// `/proc/stat` counts in USER_HZ, 100 per second on x86 and ARM.
 const MS_PER_TICK: u64 = 10;
 
 /// Steal of all CPUs together since boot, ms; `None` where `/proc/stat` is
@@ -63,19 +64,21 @@ struct Sample {
 pub struct WindowSteal {
     /// All CPUs together, ms.
     pub total_ms: u64,
-    /// The most one CPU lost within any [`BURST_SPAN`] of the window, ms.
+    /// The most one CPU lost within any [`BURST_SPAN`] that overlaps the
+    /// window, ms (a gap between samples longer than the span counts whole).
     pub burst_ms: u64,
 }
 
-/// Every CPU's steal, sampled on a thread of its own until [`Sampler::finish`].
+/// Every CPU's steal, sampled on a thread of its own until [`Sampler::finish`]
+/// (or until dropped).
 pub struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Sample>>,
+    thread: Option<JoinHandle<Vec<Sample>>>,
 }
 
 impl Sampler {
-    /// Samples every `every`, with times counted from `t0`; `None` where the
-    /// kernel reports no steal (or the thread cannot start).
+    /// Samples every `every` from `t0` on (times are counted from it); `None`
+    /// where the kernel reports no steal (or the thread cannot start).
     pub fn start(t0: Instant, every: Duration) -> Option<Sampler> {
         per_cpu_in(&std::fs::read_to_string("/proc/stat").ok()?)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -85,51 +88,82 @@ impl Sampler {
             .spawn(move || {
                 let mut samples = Vec::new();
                 while !flag.load(Ordering::Relaxed) {
-                    let stat = std::fs::read_to_string("/proc/stat").ok();
-                    if let Some(per_cpu) = stat.as_deref().and_then(per_cpu_in) {
-                        let at_ns = Instant::now().saturating_duration_since(t0).as_nanos() as u64;
-                        samples.push(Sample { at_ns, per_cpu });
+                    if let Some(since) = Instant::now().checked_duration_since(t0)
+                        && let Some(per_cpu) =
+                            std::fs::read_to_string("/proc/stat").ok().as_deref().and_then(per_cpu_in)
+                    {
+                        samples.push(Sample { at_ns: since.as_nanos() as u64, per_cpu });
                     }
                     std::thread::sleep(every);
                 }
                 samples
             })
             .ok()?;
-        Some(Sampler { stop, thread })
+        Some(Sampler { stop, thread: Some(thread) })
     }
 
     /// Stops the thread and returns what it saw.
-    pub fn finish(self) -> Samples {
+    pub fn finish(mut self) -> Samples {
         self.stop.store(true, Ordering::Relaxed);
-        Samples(self.thread.join().unwrap_or_default())
+        Samples(self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default())
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
 pub struct Samples(Vec<Sample>);
 
 impl Samples {
-    /// Steal between the first and the last sample within `[from_ns, to_ns)`;
-    /// `None` with fewer than two samples there.
-    pub fn window(&self, from_ns: u64, to_ns: u64) -> Option<WindowSteal> {
-        let lo = self.0.partition_point(|s| s.at_ns < from_ns);
-        let hi = self.0.partition_point(|s| s.at_ns < to_ns);
-        let w = self.0.get(lo..hi).filter(|w| w.len() >= 2)?;
+    /// The index of the first sample at or after `ns` (the last one if none is).
+    fn at(&self, ns: u64) -> usize {
+        self.0.partition_point(|s| s.at_ns < ns).min(self.0.len().saturating_sub(1))
+    }
+
+    /// The samples from index `a` to `b`, if every one lists the same CPUs
+    /// (a CPU going offline or online shifts the per-CPU columns).
+    fn span(&self, a: usize, b: usize) -> Option<&[Sample]> {
+        let w = self.0.get(a..=b)?;
+        let cpus = w.first()?.per_cpu.len();
+        w.iter().all(|s| s.per_cpu.len() == cpus).then_some(w)
+    }
+
+    /// All CPUs' steal from `from_ns` to `to_ns`, ms, measured between the
+    /// first samples at or after each (so that consecutive ranges add up);
+    /// `None` without a sample inside the range.
+    pub fn total(&self, from_ns: u64, to_ns: u64) -> Option<u64> {
+        let a = self.0.partition_point(|s| s.at_ns < from_ns);
+        if self.0.get(a)?.at_ns >= to_ns {
+            return None;
+        }
+        let w = self.span(a, self.at(to_ns))?;
         let (first, last) = (&w[0], &w[w.len() - 1]);
-        let cpus = first.per_cpu.len().min(last.per_cpu.len());
-        let total_ms = (0..cpus).map(|c| last.per_cpu[c].saturating_sub(first.per_cpu[c])).sum();
+        Some(first.per_cpu.iter().zip(&last.per_cpu).map(|(x, y)| y.saturating_sub(*x)).sum())
+    }
+
+    /// Steal in the window `[from_ns, to_ns)`: see [`WindowSteal`].
+    pub fn window(&self, from_ns: u64, to_ns: u64) -> Option<WindowSteal> {
+        let total_ms = self.total(from_ns, to_ns)?;
         let span = BURST_SPAN.as_nanos() as u64;
+        // A burst may straddle either edge of the window: look one span beyond.
+        let a = self.0.partition_point(|s| s.at_ns < from_ns.saturating_sub(span)).saturating_sub(1);
+        let b = self.at(to_ns.saturating_add(span));
+        let w = self.span(a, b)?;
         let mut burst_ms = 0;
-        for c in 0..cpus {
+        for c in 0..w[0].per_cpu.len() {
             // The counters only grow: for each start, the farthest sample
-            // still within the span holds the most.
+            // within the span holds the most; the next sample is always
+            // taken, so a gap longer than the span counts whole.
             let mut k = 0;
-            for j in 0..w.len() {
-                k = k.max(j);
+            for j in 0..w.len() - 1 {
+                k = k.max(j + 1);
                 while k + 1 < w.len() && w[k + 1].at_ns - w[j].at_ns <= span {
                     k += 1;
                 }
-                let lost = w[k].per_cpu.get(c).zip(w[j].per_cpu.get(c)).map_or(0, |(b, a)| b.saturating_sub(*a));
-                burst_ms = burst_ms.max(lost);
+                burst_ms = burst_ms.max(w[k].per_cpu[c].saturating_sub(w[j].per_cpu[c]));
             }
         }
         Some(WindowSteal { total_ms, burst_ms })
@@ -186,13 +220,36 @@ mod tests {
                 })
                 .collect::<Vec<_>>(),
         );
-        let w = s.window(0, 1_000_000_001).expect("window");
-        assert_eq!(w, WindowSteal { total_ms: 100 + 100, burst_ms: 100 });
-        // The first half: only CPU 0's 10 ms slices (at most 20 ms within 150 ms).
-        assert_eq!(s.window(0, 500_000_000), Some(WindowSteal { total_ms: 40, burst_ms: 20 }));
-        // No samples, or one: nothing to say.
+        assert_eq!(s.window(0, 1_000_000_001), Some(WindowSteal { total_ms: 100 + 100, burst_ms: 100 }));
+        // The first 300 ms: only CPU 0's 10 ms slices (at most 20 ms within 150 ms).
+        assert_eq!(s.window(0, 300_000_000), Some(WindowSteal { total_ms: 30, burst_ms: 20 }));
+        // A burst that starts right after a window still counts for it: its
+        // last requests waited through it.
+        assert_eq!(s.window(0, 500_000_000), Some(WindowSteal { total_ms: 50, burst_ms: 100 }));
+        // Consecutive windows add up to the whole.
+        let parts: u64 = (0..10).map(|w| s.total(w * 100_000_000, (w + 1) * 100_000_000).expect("part")).sum();
+        assert_eq!(Some(parts), s.total(0, 1_000_000_000));
+        // No sample inside: nothing to say.
         assert_eq!(s.window(2_000_000_000, 3_000_000_000), None);
-        assert_eq!(s.window(0, 1), None);
+        assert_eq!(s.window(1_000_001, 2_000_000), None);
+    }
+
+    #[test]
+    fn a_gap_in_the_samples_counts_whole() {
+        // The sampler itself was held off from 100 to 310 ms while CPU 0 lost 200 ms.
+        let mut v: Vec<Sample> = (0..=10u64).map(|i| Sample { at_ns: i * 10_000_000, per_cpu: vec![0, 0] }).collect();
+        v.extend((31..=100u64).map(|i| Sample { at_ns: i * 10_000_000, per_cpu: vec![200, 0] }));
+        let s = Samples(v);
+        assert_eq!(s.window(0, 1_000_000_000), Some(WindowSteal { total_ms: 200, burst_ms: 200 }));
+    }
+
+    #[test]
+    fn a_cpu_coming_or_going_voids_the_window() {
+        let s = Samples(vec![
+            Sample { at_ns: 0, per_cpu: vec![5, 7] },
+            Sample { at_ns: 10_000_000, per_cpu: vec![5, 7, 0] },
+        ]);
+        assert_eq!(s.window(0, 1_000_000_000), None);
     }
 
     #[test]
