@@ -54,7 +54,7 @@ fn per_cpu_in(stat: &str) -> Option<Vec<u64>> {
 }
 
 struct Sample {
-    /// Since the sampler's `t0` (0 for samples taken before it).
+    /// Since the sampler's `t0` (none is taken before it).
     at_ns: u64,
     per_cpu: Vec<u64>,
 }
