@@ -15,7 +15,9 @@
 #      run measures from one minute to the next;
 #   2. start the server (--max-poll-secs 3600); baseline RSS (VmRSS);
 #   3. preload PRELOAD sessions (1M; users hold 1, 2, 3 sessions: 2 on average);
-#      RSS and bytes/session at 1M;
+#      RSS and bytes/session at 1M; their heartbeat targets are shuffled (a
+#      fixed order, the same every run), so that heartbeats reach the
+#      sessions in no relation to where their records sit in memory;
 #   4. fixed-rate heartbeats over the 1M sessions, open model: RATE/s for
 #      RATE_SECS s after RATE_WARMUP s, latency from each request's intended
 #      send time (coordinated omission corrected): p99 (target < 5 ms), errors
@@ -100,6 +102,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=loadtest/profile/lib.sh
+source "$ROOT/loadtest/profile/lib.sh"
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
     : "${PRELOAD:=20000}" "${DUR:=3}" "${RATE:=2000}" "${RATE_SECS:=5}" "${RATE_WARMUP:=1}"
@@ -325,6 +329,7 @@ phase_start "preload $PRELOAD"
 timeout $(( PRELOAD / 1000 + 300 )) "$DRIVER_BIN" preload --addr "$ADDR" --sessions "$PRELOAD" \
     --poll "$POLL_A" --user-prefix p --tokens-out "$WORK/tokens.tsv" --progress 5 --json >"$WORK/preload.txt" ||
     die "preload: $(tail -3 "$WORK/preload.txt")"
+shuffle_lines "$WORK/tokens.tsv"
 PRELOAD_JSON=$(tail -1 "$WORK/preload.txt")
 PRELOAD_RATE=$(jq -r .rate <<<"$PRELOAD_JSON")
 PRELOAD_BAD=$(jq -r '.non_201 + .io_errors' <<<"$PRELOAD_JSON")
@@ -435,6 +440,7 @@ if [[ $SKIP_MEMORY != 1 ]]; then
         MEM_ROWS+=("baseline RSS, fresh server (MiB)|$(mib "$RSS_BASE")|first server: $(mib "$RSS_BASE_A")||")
         "$DRIVER_BIN" preload --addr "$ADDR" --sessions "$GROW_BEATS" --poll "$POLL_M" --user-prefix b \
             --tokens-out "$WORK/beats.tsv" --progress 0 >/dev/null || die "preload of the heartbeat sessions"
+        shuffle_lines "$WORK/beats.tsv"
         GROW_STEPS=()
         if ((PRELOAD < STEPS[0])); then GROW_STEPS+=("$PRELOAD"); fi
         GROW_STEPS+=("${STEPS[@]}")

@@ -46,6 +46,7 @@ for i in 0 1; do
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:${ADMIN[i]}/healthz" >/dev/null && break; sleep 0.2; done
     "$DRIVER" preload --addr "127.0.0.1:${PORT[i]}" --sessions "$SESSIONS" --poll 1000 \
         --tokens-out "$WORK/tokens-$i.tsv" >/dev/null 2>&1
+    shuffle_lines "$WORK/tokens-$i.tsv"
 done
 sleep 20
 rps() { awk '/^Requests\/sec:/ { print $2 }'; }
