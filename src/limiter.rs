@@ -340,6 +340,15 @@ impl Limiter {
         self.metrics.records.store(self.store.records(), Ordering::Relaxed);
     }
 
+    /// Whether a sweep pass now would clear a mass expiry: records are held
+    /// and every live session among them has expired
+    /// ([`Store::sessions_expire_by`] has passed). Returns that time, so a
+    /// caller can ask once per value.
+    pub fn all_sessions_expired(&self, now: u64) -> Option<u64> {
+        let by = self.store.sessions_expire_by();
+        (by > 0 && now >= by && self.store.records() > 0).then_some(by)
+    }
+
     /// [`Limiter::sweep`], pausing as [`Store::sweep_paced`] does.
     pub fn sweep_paced(&self, now: u64, pause: &mut dyn FnMut()) -> Swept {
         let swept = self.store.sweep_paced(now, pause);
@@ -414,5 +423,34 @@ mod tests {
         assert_eq!(third.evicted, vec![fresh], "evict_oldest evicts the oldest live session");
         let renewed = limiter.heartbeat("alice", third.session_id, &third.token, now + 4).unwrap();
         assert_eq!(renewed.session_id, third.session_id);
+    }
+
+    #[test]
+    fn tells_when_every_session_held_has_expired() {
+        let config = Config::load(&Overrides::default(), None).unwrap();
+        let limiter = Limiter::new(config.core, Arc::new(Metrics::default())).unwrap();
+        let now = crate::http::now_ms();
+        let secret = Key::parse("dev", DEV_TENANT_KEY).unwrap().secret;
+        let grant = GrantClaims {
+            tenant: DEV_TENANT.into(),
+            sub: "alice".into(),
+            limit: 2,
+            exp: (now / 1000 + 300) as i64,
+            ..Default::default()
+        }
+        .mint(&secret);
+        assert_eq!(limiter.all_sessions_expired(now), None, "nothing held");
+        // A kick of an unknown id leaves a tombstone and no session.
+        limiter.stop("alice", SessionId(7), &grant, now).unwrap();
+        assert_eq!(limiter.all_sessions_expired(now + 86_400_000), None, "no session was ever started");
+        let started = limiter.start("alice", &grant, None, now).unwrap();
+        let renewed = limiter.heartbeat("alice", started.session_id, &started.token, now + 1000).unwrap();
+        let by = renewed.expires_ms.div_ceil(1000) * 1000;
+        assert_eq!(limiter.all_sessions_expired(by - 1), None, "the session is live until its expiry");
+        assert_eq!(limiter.all_sessions_expired(by), Some(by));
+        assert_eq!(limiter.sweep(by).live, 0);
+        assert_eq!(limiter.all_sessions_expired(by), Some(by), "the tombstone is still held");
+        assert_eq!(limiter.sweep(now + 86_400_000).records, 0);
+        assert_eq!(limiter.all_sessions_expired(now + 86_400_000), None, "nothing held");
     }
 }

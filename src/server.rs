@@ -19,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::conn::{Phase, TimedIo};
@@ -204,14 +205,25 @@ async fn refuse(mut stream: TcpStream) {
 /// its passes would otherwise take more than about 2% of one core. A pass
 /// sleeps briefly between chunks of users so that it never holds a core for
 /// long: on a busy two-core machine a 50 ms burst shows in request latency.
+/// While it waits out a long budget it still looks every `every`: once
+/// every session held has expired (a mass expiry, the end of a load test),
+/// the pass that clears them runs at once, once per such moment.
 async fn sweep_loop(api: Arc<Api>, every: Duration, freed: Option<FreedHook>, mut stop: watch::Receiver<bool>) {
     const PAUSE: Duration = Duration::from_micros(100);
-    let mut wait = Duration::ZERO;
+    let mut next = Instant::now();
+    let mut cleared_for = None;
     let mut freeing = Freeing::default();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            _ = tokio::time::sleep(wait) => {
+            _ = tokio::time::sleep_until(next.min(Instant::now() + every)) => {
+                if Instant::now() < next {
+                    let expired = api.limiter.all_sessions_expired(now_ms());
+                    if expired.is_none() || expired == cleared_for {
+                        continue;
+                    }
+                    cleared_for = expired;
+                }
                 let (api, freed, mut state) = (api.clone(), freed.clone(), freeing);
                 // A sweep walks the whole map: keep it off the request workers.
                 let outcome = tokio::task::spawn_blocking(move || {
@@ -234,7 +246,7 @@ async fn sweep_loop(api: Arc<Api>, every: Duration, freed: Option<FreedHook>, mu
                 (busy, hurry, freeing) = outcome;
                 // While a mass expiry is being cleared, the next pass comes at
                 // once rather than after its CPU budget.
-                wait = if hurry { every } else { every.max(busy * 49) };
+                next = Instant::now() + if hurry { every } else { every.max(busy * 49) };
             }
         }
     }

@@ -14,7 +14,7 @@
 //! record and takes the `compute` path: none is lost.
 
 use std::hash::Hasher;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -55,6 +55,9 @@ pub struct Store {
     capacity: usize,
     /// Records held (live, expired-but-unswept and tombstones): the capacity bound.
     records: AtomicI64,
+    /// Every session admitted or renewed so far expires by then (Unix ms,
+    /// rounded up to a second): see [`Store::sessions_expire_by`].
+    expire_by: AtomicU64,
     user_hasher: SipHasher24,
 }
 
@@ -116,6 +119,7 @@ impl Store {
             peak_users: AtomicUsize::new(0),
             capacity,
             records: AtomicI64::new(0),
+            expire_by: AtomicU64::new(0),
             user_hasher: SipHasher24::new_with_key(&hash_key),
         }
     }
@@ -145,6 +149,26 @@ impl Store {
     /// Records held now (live sessions, unswept expired ones and tombstones).
     pub fn records(&self) -> u64 {
         self.records.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// When every live session held now will have expired, to the second
+    /// (Unix ms; 0 before the first start): the latest expiry any start or
+    /// heartbeat has asked for. It never goes back, so it may lie in the
+    /// past while tombstones or nothing at all are held; once it has passed,
+    /// no record held is a live session. The sweeper reads it to clear a
+    /// mass expiry at once rather than when its CPU budget allows.
+    pub fn sessions_expire_by(&self) -> u64 {
+        self.expire_by.load(Ordering::Relaxed)
+    }
+
+    /// Raises [`Store::sessions_expire_by`] to cover `expires_ms`. Rounded up
+    /// to whole seconds, the shared value is written about once a second
+    /// under load, not by every request; the others only read it.
+    fn note_expiry(&self, expires_ms: u64) {
+        let by = expires_ms.div_ceil(1000).saturating_mul(1000);
+        if by > self.expire_by.load(Ordering::Relaxed) {
+            self.expire_by.fetch_max(by, Ordering::Relaxed);
+        }
     }
 
     /// Runs `rule` on `user`'s records as one atomic step. `rule` returns the
@@ -191,6 +215,7 @@ impl Store {
     }
 
     pub fn admit(&self, user: UserKey, a: &Admission<'_>, now: u64) -> Result<Admitted, Refusal> {
+        self.note_expiry(a.session.expires_ms.get());
         self.update(user, |current| match policy::admit(current, a, now) {
             Ok(ok) => (
                 Some(ok.slots),
@@ -201,6 +226,8 @@ impl Store {
     }
 
     pub fn heartbeat(&self, user: UserKey, b: &Beat<'_>, now: u64) -> Beaten {
+        // A rebuilt session takes this expiry too (it is renewed).
+        self.note_expiry(b.renew_to_ms);
         if self.renew_in_place(user, b, now) {
             return Beaten::Renewed { healed: false, stopped: 0, expired: 0 };
         }
@@ -521,6 +548,26 @@ mod tests {
         assert_eq!(last, 100_000 + rounds);
         assert!(in_place > 0, "no renewal was done in place");
         assert_eq!(latest_expiry(&store, a), Some(last), "the last renewal, once the writer has stopped");
+    }
+
+    #[test]
+    fn knows_when_every_session_has_expired() {
+        let store = Store::new(16, [1; 16]);
+        let (a, b) = (store.user_key("acme", "alice"), store.user_key("acme", "bob"));
+        assert_eq!(store.sessions_expire_by(), 0, "nothing yet");
+        store.admit(a, &admission(1, 500, 8), 500).unwrap();
+        assert_eq!(store.sessions_expire_by(), 91_000, "90,500 rounded up to the second");
+        store.admit(b, &admission(2, 0, 8), 0).unwrap();
+        assert_eq!(store.sessions_expire_by(), 91_000, "an earlier expiry does not lower it");
+        let rebuild = || admission(1, 500, 8).session;
+        store.heartbeat(a, &beat_of(1, 120_000, &rebuild), 1000);
+        assert_eq!(store.sessions_expire_by(), 120_000, "renewed in place");
+        let rebuild3 = || admission(3, 0, 8).session;
+        store.heartbeat(b, &beat_of(3, 130_001, &rebuild3), 1000);
+        assert_eq!(store.sessions_expire_by(), 131_000, "healed: the rebuilt session is renewed");
+        assert_eq!(store.sweep(130_000).live, 1, "bob's rebuilt session is the last one live");
+        let swept = store.sweep(store.sessions_expire_by());
+        assert_eq!(swept, Swept { users: 0, live: 0, records: 0, expired: 1, released_map: false });
     }
 
     #[test]
