@@ -387,12 +387,9 @@ mod tests {
     use crate::grant::GrantClaims;
     use crate::keys::Key;
 
-    #[test]
-    fn a_start_never_takes_an_id_the_user_already_holds() {
-        // A user who can tell which ids come next (they come from a counter)
-        // kicks them first: each kick of an unknown id is remembered. A start
-        // that drew such an id once put a second record with it in the
-        // user's records, which under evict_oldest spun forever.
+    /// A dev-mode limiter, the time now, and a grant for "alice" (limit 2)
+    /// with `policy`.
+    fn dev_limiter(policy: Option<&str>) -> (Limiter, u64, String) {
         let config = Config::load(&Overrides::default(), None).unwrap();
         let limiter = Limiter::new(config.core, Arc::new(Metrics::default())).unwrap();
         let now = crate::http::now_ms();
@@ -402,10 +399,20 @@ mod tests {
             sub: "alice".into(),
             limit: 2,
             exp: (now / 1000 + 300) as i64,
-            policy: Some("evict_oldest".into()),
+            policy: policy.map(Into::into),
             ..Default::default()
         }
         .mint(&secret);
+        (limiter, now, grant)
+    }
+
+    #[test]
+    fn a_start_never_takes_an_id_the_user_already_holds() {
+        // A user who can tell which ids come next (they come from a counter)
+        // kicks them first: each kick of an unknown id is remembered. A start
+        // that drew such an id once put a second record with it in the
+        // user's records, which under evict_oldest spun forever.
+        let (limiter, now, grant) = dev_limiter(Some("evict_oldest"));
         let upcoming = |k: u64| {
             let ids = &limiter.ids;
             SessionIds { seed: ids.seed, next: AtomicU64::new(ids.next.load(Ordering::Relaxed) + k) }.next()
@@ -427,18 +434,7 @@ mod tests {
 
     #[test]
     fn tells_when_every_session_held_has_expired() {
-        let config = Config::load(&Overrides::default(), None).unwrap();
-        let limiter = Limiter::new(config.core, Arc::new(Metrics::default())).unwrap();
-        let now = crate::http::now_ms();
-        let secret = Key::parse("dev", DEV_TENANT_KEY).unwrap().secret;
-        let grant = GrantClaims {
-            tenant: DEV_TENANT.into(),
-            sub: "alice".into(),
-            limit: 2,
-            exp: (now / 1000 + 300) as i64,
-            ..Default::default()
-        }
-        .mint(&secret);
+        let (limiter, now, grant) = dev_limiter(None);
         assert_eq!(limiter.all_sessions_expired(now), None, "nothing held");
         // A kick of an unknown id leaves a tombstone and no session.
         limiter.stop("alice", SessionId(7), &grant, now).unwrap();
