@@ -48,7 +48,8 @@
 #      on the operator port (never touches the map) in the same windows;
 #   7. wait until every session has expired (records = 0), then 30 s more (the
 #      sweeper's memory release runs on that pass and the next), RSS after
-#      expiry vs baseline.
+#      expiry vs baseline, and again 120 s after; records and RSS every 5 s
+#      from the start of the wait are in WORKDIR/expiry-trace.tsv.
 #
 # Session lifetimes (ttl = 3 x poll) are chosen so that no token expires
 # before its last use and the final wait stays short:
@@ -512,8 +513,13 @@ if [[ $SKIP_MEMORY != 1 ]]; then
     phase_start "expiry wait (until ~$(( EXPIRE_BY - $(date +%s) )) s from now)"
     deadline=$(( EXPIRE_BY + 120 ))
     last_log=0
+    # Records and RSS every 5 s until 120 s after the last record went.
+    TRACE=$WORK/expiry-trace.tsv
+    echo -e "unix_s\trecords\trss_bytes" >"$TRACE"
+    trace() { echo -e "$(date +%s)\t$(metric streamcap_records)\t$(rss)" >>"$TRACE"; }
     while :; do
         left=$(metric streamcap_records)
+        trace
         [[ ${left:-1} == 0 ]] && break
         now=$(date +%s)
         ((now >= deadline)) && { log "expiry wait gave up with $left records left"; break; }
@@ -527,11 +533,12 @@ if [[ $SKIP_MEMORY != 1 ]]; then
     # last records go and on the pass after; idle workers as they next park.
     # Read 30 s after, and again 90 s later: on maps of millions the pass
     # that lets go of the emptied map can come later than 30 s.
-    settle 30
+    for _ in 1 2 3 4 5 6; do settle 5; trace; done
     RSS_AFTER=$(rss)
     RECORDS_AFTER=$(metric streamcap_records)
-    settle 90
+    for _ in $(seq 18); do settle 5; trace; done
     RSS_AFTER_LATE=$(rss)
+    log "records and RSS every 5 s since the expiry wait began: $TRACE"
 fi
 phase end
 
