@@ -14,9 +14,33 @@ fn release_memory(force: bool) {
     unsafe { libmimalloc_sys::mi_collect(force) }
 }
 
+/// Turns transparent huge pages off for the serving process, unless the
+/// operator chose with `MIMALLOC_ALLOW_THP` (mimalloc's own option, applied
+/// when it starts). mimalloc advises its arenas `MADV_HUGEPAGE`; once it has
+/// returned the parts of a 2 MiB range that expired sessions freed, the
+/// kernel's khugepaged re-fills the whole range as one huge page again, so
+/// with THP on, RSS after an expiry crept back up with no traffic at all
+/// (BENCHMARKS.md, "Memory after expiry"). Heartbeat throughput measured the
+/// same either way.
+fn keep_returned_memory_returned() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only this
+    // process's huge-page policy. A kernel without it refuses it; the server
+    // then runs as before, so the result is not checked.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let mut out = std::io::stdout().lock();
+    if matches!(cli.command, None | Some(Command::Serve(_))) {
+        keep_returned_memory_returned();
+    }
     let result = match &cli.command {
         None => streamcap::cli::serve(&cli.serve, release_memory),
         Some(Command::Serve(o)) => streamcap::cli::serve(o, release_memory),
