@@ -10,7 +10,8 @@
 # The load, from loadtest/driver (streamcap-driver), two open-model streams:
 #   - players: SESSIONS preloaded sessions, each heartbeating once per POLL
 #     seconds (SESSIONS / POLL heartbeats/s: 10,000/s by default), each with
-#     the newest token it was given (`rate --follow-tokens`), as a player does;
+#     the newest token it was given (`rate --follow-tokens`), as a player does,
+#     in a random order (a fixed seed) rather than the order of creation;
 #   - churn: CHURN_RATE starts/s of other users whose sessions are never
 #     renewed: they expire 3 x CHURN_POLL s later, so records are allocated
 #     and freed all along (about CHURN_RATE x 3 x CHURN_POLL live at a time).
@@ -69,9 +70,10 @@ if [[ $SKIP_BUILD != 1 ]]; then
     cargo build --release --quiet --manifest-path "$ROOT/loadtest/driver/Cargo.toml"
 fi
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PORT=$(free_port)
-ADMIN=$(free_port)
+# shellcheck source=profile/lib.sh
+source "$ROOT/loadtest/profile/lib.sh"
+PORT=$(port)
+ADMIN=$(port)
 ADDR=127.0.0.1:$PORT
 PIDS=()
 cleanup() {
@@ -101,6 +103,8 @@ log "preloading $SESSIONS players (poll $POLL s)"
 "$DRIVER_BIN" preload --addr "$ADDR" --sessions "$SESSIONS" --poll "$POLL" --user-prefix soak \
     --tokens-out "$WORK/players.tsv" --progress 0 --json >"$WORK/preload.txt" ||
     die "preload: $(tail -3 "$WORK/preload.txt")"
+# Players beat in no relation to where their records sit in memory.
+shuffle_lines "$WORK/players.tsv"
 if ((CHURN_RATE > 0)); then
     # Limit 3 each and a lifetime of 3 x CHURN_POLL: a user's earlier sessions
     # have expired before the list comes round to it again.
