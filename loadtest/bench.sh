@@ -75,7 +75,10 @@
 #   WRK_CONNS [64]        wrk connections (-t1)
 #   LAYOUTS ["pinned shared"]  CPU layouts of the throughput runs (step 5)
 #   PRELOAD [1000000]*    sessions preloaded for the throughput and rate runs
-#   START_GRANTS [40000 x DUR]  fresh users per start run (3 starts each before 409)
+#   START_GRANTS [20000 x DUR]  fresh users per start run; the run's starts go round
+#                         them, so at 20,000-60,000 starts/s each holds 1-3 sessions, as
+#                         the preload's users do (a 4th start would get 409 and count
+#                         as a failure)
 #   RATE [33300]*         fixed-rate heartbeats per second
 #   RATE_SECS [300]*      measured seconds of the fixed-rate run
 #   RATE_WARMUP [5]*      warmup seconds before it (not measured)
@@ -116,7 +119,7 @@ DUR=${DUR:-10}
 WRK_CONNS=${WRK_CONNS:-64}
 LAYOUTS=${LAYOUTS:-pinned shared}
 PRELOAD=${PRELOAD:-1000000}
-START_GRANTS=${START_GRANTS:-$((40000 * DUR))}
+START_GRANTS=${START_GRANTS:-$((20000 * DUR))}
 RATE=${RATE:-33300}
 RATE_SECS=${RATE_SECS:-300}
 RATE_WARMUP=${RATE_WARMUP:-5}
@@ -539,6 +542,11 @@ if [[ $SKIP_MEMORY != 1 ]]; then
     for _ in $(seq 18); do settle 5; trace; done
     RSS_AFTER_LATE=$(rss)
     log "records and RSS every 5 s since the expiry wait began: $TRACE"
+    # What is still resident, by mapping (kB; transparent huge pages beside).
+    awk '/^[0-9a-f]+-[0-9a-f]+ / { m = $1 " " $6 } /^Rss:/ { r = $2 } /^AnonHugePages:/ { if (r > 1024) print r, $2, m }' \
+        "/proc/$SERVER_PID/smaps" | sort -rn | head -8 >"$WORK/smaps-after.txt"
+    log "largest mappings after expiry (RSS kB, of it huge pages kB, range, name):"
+    sed 's/^/    /' "$WORK/smaps-after.txt" >&2
 fi
 phase end
 
