@@ -51,3 +51,30 @@ fn minted_grants_are_accepted() {
     let g = run(&["mint", "--config", &path_text, "--tenant", "acme", "--user", &user, "--limit", "2"]);
     server.api.start_ok(&user, g.trim());
 }
+
+/// What the kernel says of the process's transparent huge pages
+/// (`THP_enabled` in `/proc/<pid>/status`, Linux 5.0 and later).
+#[cfg(target_os = "linux")]
+fn thp_enabled(server: &Binary) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("read /proc status");
+    status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_string())
+}
+
+/// The serving process turns transparent huge pages off (khugepaged would
+/// re-fill memory the allocator returned after sessions expire), unless the
+/// operator opts in with mimalloc's own `MIMALLOC_ALLOW_THP`.
+#[cfg(target_os = "linux")]
+#[test]
+fn serving_turns_transparent_huge_pages_off_unless_told_otherwise() {
+    let args: Vec<String> = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"].map(String::from).into();
+    let server = Binary::spawn(&args);
+    let Some(default) = thp_enabled(&server) else {
+        eprintln!("this kernel does not report THP_enabled: nothing to check");
+        return;
+    };
+    assert_eq!(default, "0", "huge pages still enabled for the server");
+    if std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+        let opted_in = Binary::spawn_with_env(&args, &[("MIMALLOC_ALLOW_THP", "1")]);
+        assert_eq!(thp_enabled(&opted_in).as_deref(), Some("1"), "MIMALLOC_ALLOW_THP=1 was not honoured");
+    }
+}

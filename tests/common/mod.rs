@@ -570,9 +570,15 @@ impl Binary {
     /// for its "listening on" line. Retries a few times if it exits first
     /// (a port still held by a killed predecessor).
     pub fn spawn(args: &[String]) -> Binary {
+        Binary::spawn_with_env(args, &[])
+    }
+
+    /// [`Binary::spawn`] with `env` set, and `MIMALLOC_ALLOW_THP` only if
+    /// `env` sets it.
+    pub fn spawn_with_env(args: &[String], env: &[(&str, &str)]) -> Binary {
         let mut last_log = String::new();
         for _ in 0..20 {
-            match Binary::try_spawn(args) {
+            match Binary::try_spawn(args, env) {
                 Ok(b) => return b,
                 Err(log) => {
                     last_log = log;
@@ -583,14 +589,15 @@ impl Binary {
         panic!("streamcap did not start with {args:?}; its log:\n{last_log}");
     }
 
-    fn try_spawn(args: &[String]) -> Result<Binary, String> {
+    fn try_spawn(args: &[String], env: &[(&str, &str)]) -> Result<Binary, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamcap"));
         cmd.arg("serve").args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("STREAMCAP_") {
+            if k.to_string_lossy().starts_with("STREAMCAP_") || k == "MIMALLOC_ALLOW_THP" {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn streamcap");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
