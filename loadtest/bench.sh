@@ -519,10 +519,11 @@ if [[ $SKIP_MEMORY != 1 ]]; then
     # Records and RSS every 5 s until 120 s after the last record went.
     TRACE=$WORK/expiry-trace.tsv
     echo -e "unix_s\trecords\trss_bytes" >"$TRACE"
-    trace() { echo -e "$(date +%s)\t$(metric streamcap_records)\t$(rss)" >>"$TRACE"; }
+    # trace [RECORDS]: one line; RECORDS when the caller has just read them.
+    trace() { echo -e "$(date +%s)\t${1:-$(metric streamcap_records)}\t$(rss)" >>"$TRACE"; }
     while :; do
         left=$(metric streamcap_records)
-        trace
+        trace "$left"
         [[ ${left:-1} == 0 ]] && break
         now=$(date +%s)
         ((now >= deadline)) && { log "expiry wait gave up with $left records left"; break; }

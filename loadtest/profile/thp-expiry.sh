@@ -25,17 +25,15 @@ DRIVER=$ROOT/loadtest/driver/target/release/streamcap-driver
 # shellcheck source=loadtest/profile/lib.sh
 source "$ROOT/loadtest/profile/lib.sh"
 NAMES=(thp default)
+# What `env` is given for each server (split into words on purpose).
+SETTINGS=("MIMALLOC_ALLOW_THP=1" "-u MIMALLOC_ALLOW_THP")
 PIDS=() PORTS=() ADMINS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
 for i in 0 1; do
     PORTS[i]=$(port) ADMINS[i]=$(port)
-    if ((i == 0)); then
-        MIMALLOC_ALLOW_THP=1 "$BIN" --listen "127.0.0.1:${PORTS[i]}" --admin-listen "127.0.0.1:${ADMINS[i]}" \
-            --max-poll-secs 3600 2>/dev/null &
-    else
-        env -u MIMALLOC_ALLOW_THP "$BIN" --listen "127.0.0.1:${PORTS[i]}" --admin-listen "127.0.0.1:${ADMINS[i]}" \
-            --max-poll-secs 3600 2>/dev/null &
-    fi
+    # shellcheck disable=SC2086
+    env ${SETTINGS[i]} "$BIN" --listen "127.0.0.1:${PORTS[i]}" --admin-listen "127.0.0.1:${ADMINS[i]}" \
+        --max-poll-secs 3600 2>/dev/null &
     PIDS+=($!)
 done
 sleep 1
