@@ -197,10 +197,10 @@ impl Limiter {
             };
             match self.store.admit(user_key, &admission, now) {
                 Ok(ok) => {
-                    self.metrics.starts_admitted.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.start_admitted();
                     self.metrics.sessions_stopped(StopReason::Evicted, ok.evicted.len());
                     self.metrics.sessions_stopped(StopReason::Replaced, ok.replaced);
-                    self.metrics.expiries.fetch_add(ok.expired as u64, Ordering::Relaxed);
+                    self.metrics.expired(ok.expired);
                     return Ok(Started {
                         session_id: id,
                         token,
@@ -260,17 +260,17 @@ impl Limiter {
         let m = &self.metrics;
         match self.store.heartbeat(user_key, &beat, now) {
             Beaten::Renewed { healed, stopped, expired } => {
-                m.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
-                m.heartbeats_healed.fetch_add(u64::from(healed), Ordering::Relaxed);
+                m.heartbeat_ok();
+                m.healed(healed);
                 m.sessions_stopped(StopReason::LimitExceeded, stopped);
-                m.expiries.fetch_add(expired as u64, Ordering::Relaxed);
+                m.expired(expired);
                 let token = lease.renew(renew_to_ms, &s.server_keys);
                 Ok(Renewed { session_id: id, token, poll_after: c.poll_secs, expires_ms: renew_to_ms })
             }
             Beaten::Lost { healed, stopped, expired } => {
-                m.heartbeats_healed.fetch_add(u64::from(healed), Ordering::Relaxed);
+                m.healed(healed);
                 m.sessions_stopped(StopReason::LimitExceeded, stopped + 1);
-                m.expiries.fetch_add(expired as u64, Ordering::Relaxed);
+                m.expired(expired);
                 m.heartbeat_stopped(StopReason::LimitExceeded);
                 Err(Error::Stopped { reason: StopReason::LimitExceeded, by: None })
             }
@@ -316,7 +316,7 @@ impl Limiter {
         let Stopped::Done { expired } = self.store.stop(user_key, &stop, now) else {
             return Err(Error::OverCapacity);
         };
-        self.metrics.expiries.fetch_add(expired as u64, Ordering::Relaxed);
+        self.metrics.expired(expired);
         let counter = if stop.reason == StopReason::Kicked { &self.metrics.kicks } else { &self.metrics.stops };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -353,7 +353,7 @@ impl Limiter {
     pub fn sweep_paced(&self, now: u64, pause: &mut dyn FnMut()) -> Swept {
         let swept = self.store.sweep_paced(now, pause);
         let m = &self.metrics;
-        m.expiries.fetch_add(swept.expired as u64, Ordering::Relaxed);
+        m.expired(swept.expired);
         m.live_sessions.store(swept.live as u64, Ordering::Relaxed);
         m.users.store(swept.users as u64, Ordering::Relaxed);
         m.records.store(swept.records as u64, Ordering::Relaxed);
