@@ -39,8 +39,8 @@
 #      leaves both to the scheduler on both cores;
 #   6. memory: preload on to each of MEM_STEPS total live sessions (5M, 10M),
 #      RSS and bytes/session = (RSS - baseline) / live sessions (target <= 100)
-#      at each, and the server's idle CPU at the last step (the sweeper walks
-#      the map every second). With GROW=1 this step runs on a fresh server
+#      at each, and the server's idle CPU with the map at its largest (read
+#      over the expiry wait, until the first record goes). With GROW=1 this step runs on a fresh server
 #      instead: `streamcap-driver grow` adds sessions from 0 to SESSIONS_MAX
 #      (legs ending at PRELOAD and each MEM_STEPS) while GROW_RATE heartbeats/s
 #      run; reported: the worst 1-second p99.9 window (target: none above 20 ms),
@@ -283,21 +283,27 @@ settle() { sleep "${1:-3}"; }
 held() { metric streamcap_records; }
 
 # wrk_run NAME ARGS...: one wrk run; sets WRK_RPS, WRK_BAD (status > 399),
-# WRK_SOCK (socket errors) and WRK_STEAL (the machine's steal time over the
-# run, cores); the raw output stays in WORKDIR.
+# WRK_SOCK (socket errors), WRK_STEAL (the machine's steal time over the
+# run, cores) and WRK_CPU_US (the server's CPU time, user + system, per
+# answered request, µs: what a request costs it, which the host's steal
+# does not inflate: this kernel charges no stolen time to a task); the raw
+# output stays in WORKDIR.
 WRK_N=0
 wrk_run() {
     local name=$1
     shift
     WRK_N=$((WRK_N + 1))
-    local out=$WORK/wrk-$WRK_N-$name.txt st0
-    st0=$(steal_ms)
+    local out=$WORK/wrk-$WRK_N-$name.txt st0 cpu0
+    st0=$(steal_ms) cpu0=$(cpu_ticks)
     timeout $((DUR + 300)) "${WRK[@]}" -t1 -c"$WRK_CONNS" -d"${DUR}s" --timeout 10s "$@" >"$out" 2>&1 ||
         die "wrk ($name) failed: $(tail -3 "$out")"
-    read -r WRK_RPS WRK_BAD WRK_SOCK < <(awk '/^Requests\/sec:/ { rps = $2 }
+    read -r WRK_RPS WRK_BAD WRK_SOCK WRK_CPU_US < <(awk -v t0="$cpu0" -v t1="$(cpu_ticks)" \
+        -v tick="$USER_HZ" '/^Requests\/sec:/ { rps = $2 }
+         / requests in / { n = $1 }
          /Non-2xx or 3xx responses:/ { bad = $NF }
          /Socket errors:/ { gsub(",", ""); sock = $4 + $6 + $8 + $10 }
-         END { printf "%s %d %d\n", (rps == "" ? "nan" : rps), bad, sock }' "$out")
+         END { printf "%s %d %d %s\n", (rps == "" ? "nan" : rps), bad, sock,
+               (n > 0 ? sprintf("%.2f", (t1 - t0) / tick / n * 1e6) : "nan") }' "$out")
     WRK_STEAL=$(cores "$(steal_since "$st0")" "$DUR")
 }
 
@@ -375,7 +381,7 @@ done
 # and wrk on CPU 1, "shared" lets the scheduler place both on either core.
 # Start runs take fresh users from a grants file per run (and layout).
 HB_BAD=0 ST_BAD=0 SOCK=0 GRANTS_N=0
-declare -A HZ_OF HB_OF ST_OF STEAL_OF
+declare -A HZ_OF HB_OF ST_OF STEAL_OF CPU_OF
 for layout in $LAYOUTS; do
     [[ $layout == pinned || $layout == shared ]] || die "LAYOUTS: unknown layout '$layout' (pinned, shared)"
     WRK=(wrk)
@@ -383,20 +389,23 @@ for layout in $LAYOUTS; do
         taskset -a -p -c 0 "$SERVER_PID" >/dev/null || die "taskset: cannot pin the server"
         WRK=(taskset -c 1 wrk)
     fi
-    HZ=() HB=() ST=() STEAL=()
+    HZ=() HB=() ST=() STEAL=() CPU=()
     for r in $(seq "$RUNS"); do
         GRANTS_N=$((GRANTS_N + 1))
         wrk_run healthz -s "$HEALTHZ_LUA" "http://127.0.0.1:$ADMIN"
-        HZ+=("$WRK_RPS") SOCK=$((SOCK + WRK_SOCK)) steal_run=$WRK_STEAL
+        HZ+=("$WRK_RPS") SOCK=$((SOCK + WRK_SOCK)) steal_run=$WRK_STEAL cpu_run=$WRK_CPU_US
         wrk_run heartbeat -s "$POST_LUA" "http://$ADDR" -- "$WORK/tokens.tsv"
         HB+=("$WRK_RPS") HB_BAD=$((HB_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK)) steal_run+=/$WRK_STEAL
+        cpu_run+=/$WRK_CPU_US
         wrk_run start -s "$POST_LUA" "http://$ADDR" -- "$WORK/grants-$GRANTS_N.tsv"
         ST+=("$WRK_RPS") ST_BAD=$((ST_BAD + WRK_BAD)) SOCK=$((SOCK + WRK_SOCK)) steal_run+=/$WRK_STEAL
-        STEAL+=("$steal_run")
+        cpu_run+=/$WRK_CPU_US
+        STEAL+=("$steal_run") CPU+=("$cpu_run")
         rm -f "$WORK/grants-$GRANTS_N.tsv"
         log "$layout run $r: healthz ${HZ[-1]}/s, heartbeat ${HB[-1]}/s, start ${ST[-1]}/s; steal $steal_run cores"
     done
     HZ_OF[$layout]=${HZ[*]} HB_OF[$layout]=${HB[*]} ST_OF[$layout]=${ST[*]} STEAL_OF[$layout]=${STEAL[*]}
+    CPU_OF[$layout]=${CPU[*]}
     if [[ $layout == pinned ]]; then
         taskset -a -p -c "0-$(($(nproc) - 1))" "$SERVER_PID" >/dev/null || die "taskset: cannot unpin the server"
     fi
@@ -506,11 +515,11 @@ if [[ $SKIP_MEMORY != 1 ]]; then
     fi
     now=$(date +%s)
     if ((now + 3 * POLL_M > EXPIRE_BY)); then EXPIRE_BY=$((now + 3 * POLL_M)); fi
-    # Idle CPU with the map at its largest: the sweeper walks it every second.
-    c0=$(cpu_ticks)
-    sleep 5
-    c1=$(cpu_ticks)
-    IDLE_CPU=$(awk -v d=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", 100 * d / hz / 5 }')
+    # Idle CPU with the map at its largest is read over the expiry wait,
+    # from its start until the first record goes: no traffic, only the
+    # sweeper's passes, each followed by a pause of at least 49 times its own
+    # busy time, so a short window would catch a whole pass or none of it.
+    IDLE_C0=$(cpu_ticks) IDLE_T0=$(date +%s) IDLE_FULL=$(held)
 
     # ---- 7. expiry --------------------------------------------------------
     phase_start "expiry wait (until ~$(( EXPIRE_BY - $(date +%s) )) s from now)"
@@ -524,6 +533,11 @@ if [[ $SKIP_MEMORY != 1 ]]; then
     while :; do
         left=$(metric streamcap_records)
         trace "$left"
+        if [[ -z $IDLE_CPU && ${left:-0} -lt $IDLE_FULL ]]; then
+            IDLE_SECS=$(($(date +%s) - IDLE_T0))
+            IDLE_CPU=$(awk -v d=$(($(cpu_ticks) - IDLE_C0)) -v hz="$USER_HZ" -v s="$IDLE_SECS" \
+                'BEGIN { printf "%.1f", (s > 0 ? 100 * d / hz / s : 0) }')
+        fi
         [[ ${left:-1} == 0 ]] && break
         now=$(date +%s)
         ((now >= deadline)) && { log "expiry wait gave up with $left records left"; break; }
@@ -589,6 +603,13 @@ TABLE=$WORK/table.md
         echo "| $layout: heartbeat / healthz | $HB_RATIO | per run: ${HB_RATIOS[*]} | >= 0.85 | $(verdict "$HB_RATIO" ">=" 0.85) |"
         echo "| $layout: start / heartbeat | $ST_RATIO | per run: ${ST_RATIOS[*]} | >= 0.50 | $(verdict "$ST_RATIO" ">=" 0.50) |"
         echo "| $layout: machine steal, healthz/heartbeat/start (cores) | | per run: ${STEAL_OF[$layout]} | | |"
+        CPU_HZ=() CPU_HB=() CPU_ST=() CPU_RATIOS=()
+        for run in ${CPU_OF[$layout]}; do
+            IFS=/ read -r hz_us hb_us st_us <<<"$run"
+            CPU_HZ+=("$hz_us") CPU_HB+=("$hb_us") CPU_ST+=("$st_us") CPU_RATIOS+=("$(ratio "$hz_us" "$hb_us")")
+        done
+        echo "| $layout: server CPU per request, healthz/heartbeat/start (µs, median) | $(median "${CPU_HZ[@]}") / $(median "${CPU_HB[@]}") / $(median "${CPU_ST[@]}") | per run: ${CPU_OF[$layout]} | | |"
+        echo "| $layout: CPU per healthz / CPU per heartbeat | $(ratio "$(median "${CPU_HZ[@]}")" "$(median "${CPU_HB[@]}")") | per run: ${CPU_RATIOS[*]} | | |"
     done
     echo "| failed answers in the throughput runs | $((HB_BAD + ST_BAD)) | heartbeats non-200: $HB_BAD; starts non-201: $ST_BAD | 0 | $(verdict "$((HB_BAD + ST_BAD))" "==" 0) |"
     echo "| wrk socket errors (all runs) | $SOCK | | 0 | $(verdict "$SOCK" "==" 0) |"
@@ -621,7 +642,7 @@ TABLE=$WORK/table.md
                 echo "| grow, control: worst 1-s p99.9 of GET /healthz (ms) | $GROW_CTL_WORST | $GROW_CTL_OVER windows above 20 ms; $GROW_CTL_BOTH of the $GROW_OVER heartbeat windows above 20 ms had the control above it too; $GROW_NEITHER had neither the control above 20 ms nor a host burst; $GROW_CONTROL_RATE/s | | |"
             fi
         fi
-        echo "| idle CPU at $SESSIONS_MAX sessions (% of a core) | $IDLE_CPU | the sweeper walks the map every second | | |"
+        echo "| idle CPU at $SESSIONS_MAX sessions (% of a core) | $IDLE_CPU | over ${IDLE_SECS:-?} s without traffic, until the first record expired (the sweeper's paced passes) | | |"
         echo "| RSS after expiry (MiB), 30 s after the last record went | $(mib "$RSS_AFTER") | 120 s after: $(mib "$RSS_AFTER_LATE") MiB; baseline $(mib "$RSS_BASE") MiB; records left $RECORDS_AFTER; poll $POLL_M s | ~ baseline | |"
     fi
     echo
