@@ -99,6 +99,9 @@
 #                         GROW_BEATS 2000, GROW_CONTROL_RATE 200, MARGIN 20; the
 #                         start runs alone add a few 100k sessions)
 #   SKIP_BUILD [0]        1: use the binaries already built
+#   PGO [0]               1: benchmark the profile-guided build
+#                         (deploy/pgo-build.sh, target/pgo/streamcap; ~4 min
+#                         more, needs `rustup component add llvm-tools`)
 #   WORKDIR [mktemp]      scratch files (tokens ~170 MB per 1M sessions); a mktemp
 #                         directory is removed at the end unless KEEP=1, a given one is kept
 #   KEEP [0]              1: keep WORKDIR (server log, targets, raw outputs)
@@ -136,9 +139,11 @@ GROW_START_RATE=${GROW_START_RATE:-0}
 GROW_CONTROL_RATE=${GROW_CONTROL_RATE:-1000}
 MARGIN=${MARGIN:-120}
 SKIP_BUILD=${SKIP_BUILD:-0}
+PGO=${PGO:-0}
 KEEP=${KEEP:-0}
 
 SERVER_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/streamcap
+if [[ $PGO == 1 ]]; then SERVER_BIN=$ROOT/target/pgo/streamcap; fi
 DRIVER_BIN=${CARGO_TARGET_DIR:-$ROOT/loadtest/driver/target}/release/streamcap-driver
 POST_LUA=$ROOT/loadtest/wrk/post.lua
 HEALTHZ_LUA=$ROOT/loadtest/wrk/healthz.lua
@@ -206,6 +211,11 @@ if [[ $SKIP_BUILD != 1 ]]; then
     log "building the server and the driver (release)"
     (cd "$ROOT" && cargo build --release --quiet) || die "server build"
     cargo build --release --quiet --manifest-path "$ROOT/loadtest/driver/Cargo.toml" || die "driver build"
+    if [[ $PGO == 1 ]]; then
+        log "building the profile-guided server (deploy/pgo-build.sh)"
+        bash "$ROOT/deploy/pgo-build.sh" "$SERVER_BIN" >"${TMPDIR:-/tmp}/streamcap-pgo-build.log" 2>&1 ||
+            die "profile-guided build failed: see ${TMPDIR:-/tmp}/streamcap-pgo-build.log"
+    fi
 fi
 [[ -x $SERVER_BIN ]] || die "no server binary at $SERVER_BIN"
 [[ -x $DRIVER_BIN ]] || die "no driver binary at $DRIVER_BIN"
@@ -573,7 +583,7 @@ TABLE=$WORK/table.md
 {
     echo
     echo "streamcap benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || echo ' + uncommitted changes')"
-    echo "RUNS=$RUNS DUR=${DUR}s WRK_CONNS=$WRK_CONNS PRELOAD=$PRELOAD RATE=$RATE RATE_SECS=$RATE_SECS MEM_STEPS='$MEM_STEPS' GROW=$GROW QUICK=$QUICK"
+    echo "RUNS=$RUNS DUR=${DUR}s WRK_CONNS=$WRK_CONNS PRELOAD=$PRELOAD RATE=$RATE RATE_SECS=$RATE_SECS MEM_STEPS='$MEM_STEPS' GROW=$GROW QUICK=$QUICK PGO=$PGO"
     echo "load average before: $LOAD_START; after: $LOAD_END"
     echo
     echo "| metric | value | runs / detail | target | ok |"
