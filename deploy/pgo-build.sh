@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A profile-guided release build of streamcap: ~8-11% less CPU per request
+# A profile-guided release build of streamcap: ~7-15% less CPU per request
 # than `cargo build --release` on the machine of BENCHMARKS.md.
 #
 #   bash deploy/pgo-build.sh [OUT]      # default OUT: target/pgo/streamcap
