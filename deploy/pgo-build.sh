@@ -22,8 +22,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-$ROOT/target/pgo/streamcap}
 WORK=$(mktemp -d)
-SERVER=
-trap '[[ -n $SERVER ]] && kill "$SERVER" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap '[[ -n ${P:-} ]] && kill "$P" 2>/dev/null; rm -rf "$WORK"' EXIT
 die() { echo "pgo-build: $*" >&2; exit 1; }
 
 SYSROOT=$(rustc --print sysroot)
@@ -42,23 +41,18 @@ rm -rf "$WORK/raw"
 echo "== training" >&2
 # shellcheck source=loadtest/profile/lib.sh
 source "$ROOT/loadtest/profile/lib.sh"
-PORT=$(port) ADMIN=$(port)
-LLVM_PROFILE_FILE="$WORK/raw/streamcap-%p-%m.profraw" "$ROOT/target/pgo-gen/release/streamcap" \
-    --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" --max-poll-secs 3600 >"$WORK/server.log" 2>&1 &
-SERVER=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/healthz" >/dev/null && break; sleep 0.2; done
-"$DRIVER" preload --addr "127.0.0.1:$PORT" --sessions 200000 --poll 3600 --tokens-out "$WORK/tokens.tsv" \
-    --progress 0 >/dev/null
-shuffle_lines "$WORK/tokens.tsv"
+# The server (and only it: the driver is not instrumented) writes its profile there.
+LLVM_PROFILE_FILE="$WORK/raw/streamcap-%p-%m.profraw" \
+    start_preloaded "$ROOT/target/pgo-gen/release/streamcap" "$DRIVER" 200000 "$WORK/tokens.tsv" "$WORK/server.log"
 "$DRIVER" preload --addr "127.0.0.1:$PORT" --sessions 0 --poll 600 --user-prefix pgo- \
     --grants-out "$WORK/grants.tsv" --grants 100000 --progress 0 >/dev/null
 wrk -t1 -c64 -d8s -s "$ROOT/loadtest/wrk/post.lua" "http://127.0.0.1:$PORT" -- "$WORK/tokens.tsv" >/dev/null
 wrk -t1 -c64 -d5s -s "$ROOT/loadtest/wrk/healthz.lua" "http://127.0.0.1:$ADMIN" >/dev/null
 wrk -t1 -c64 -d4s -s "$ROOT/loadtest/wrk/post.lua" "http://127.0.0.1:$PORT" -- "$WORK/grants.tsv" >/dev/null
 curl -sf "http://127.0.0.1:$ADMIN/metrics" >/dev/null
-kill -TERM "$SERVER"
-wait "$SERVER" || die "the instrumented server did not exit cleanly: $(tail -3 "$WORK/server.log")"
-SERVER=
+kill -TERM "$P"
+wait "$P" || die "the instrumented server did not exit cleanly: $(tail -3 "$WORK/server.log")"
+P=
 "$PROFDATA" merge -o "$WORK/streamcap.profdata" "$WORK/raw"
 
 echo "== optimised build" >&2

@@ -40,12 +40,13 @@
 #   6. memory: preload on to each of MEM_STEPS total live sessions (5M, 10M),
 #      RSS and bytes/session = (RSS - baseline) / live sessions (target <= 100)
 #      at each, and the server's idle CPU with the map at its largest (read
-#      over the expiry wait, until the first record goes). With GROW=1 this step runs on a fresh server
-#      instead: `streamcap-driver grow` adds sessions from 0 to SESSIONS_MAX
-#      (legs ending at PRELOAD and each MEM_STEPS) while GROW_RATE heartbeats/s
-#      run; reported: the worst 1-second p99.9 window (target: none above 20 ms),
-#      beside a control stream of GROW_CONTROL_RATE GET /healthz per second
-#      on the operator port (never touches the map) in the same windows;
+#      over the expiry wait, until the first record goes). With GROW=1 this
+#      step runs on a fresh server instead: `streamcap-driver grow` adds
+#      sessions from 0 to SESSIONS_MAX (legs ending at PRELOAD and each
+#      MEM_STEPS) while GROW_RATE heartbeats/s run; reported: the worst
+#      1-second p99.9 window (target: none above 20 ms), beside a control
+#      stream of GROW_CONTROL_RATE GET /healthz per second on the operator
+#      port (never touches the map) in the same windows;
 #   7. wait until every session has expired (records = 0), then 30 s more (the
 #      sweeper's memory release runs on that pass and the next), RSS after
 #      expiry vs baseline, and again 120 s after; records and RSS every 5 s
@@ -262,7 +263,6 @@ steal_since() { local now; now=$(steal_ms); if [[ -n $1 && -n $now ]]; then echo
 # cores MS SECS: MS of CPU time over SECS seconds, in cores ("nan" if unknown).
 cores() { awk -v ms="$1" -v s="$2" 'BEGIN {
     if (ms ~ /^[0-9]+(\.[0-9]+)?$/ && s > 0) printf "%.2f", ms / 1000 / s; else print "nan" }'; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
 metric() { curl -sf "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m { print $2; exit }'; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 per_session() { awk -v r="$1" -v b="$2" -v n="$3" 'BEGIN { if (n > 0) printf "%.1f", (r - b) / n; else print "n/a" }'; }
@@ -304,10 +304,10 @@ wrk_run() {
     shift
     WRK_N=$((WRK_N + 1))
     local out=$WORK/wrk-$WRK_N-$name.txt st0 cpu0
-    st0=$(steal_ms) cpu0=$(cpu_ticks)
+    st0=$(steal_ms) cpu0=$(cpu_ticks "$SERVER_PID")
     timeout $((DUR + 300)) "${WRK[@]}" -t1 -c"$WRK_CONNS" -d"${DUR}s" --timeout 10s "$@" >"$out" 2>&1 ||
         die "wrk ($name) failed: $(tail -3 "$out")"
-    read -r WRK_RPS WRK_BAD WRK_SOCK WRK_CPU_US < <(awk -v t0="$cpu0" -v t1="$(cpu_ticks)" \
+    read -r WRK_RPS WRK_BAD WRK_SOCK WRK_CPU_US < <(awk -v t0="$cpu0" -v t1="$(cpu_ticks "$SERVER_PID")" \
         -v tick="$USER_HZ" '/^Requests\/sec:/ { rps = $2 }
          / requests in / { n = $1 }
          /Non-2xx or 3xx responses:/ { bad = $NF }
@@ -529,7 +529,7 @@ if [[ $SKIP_MEMORY != 1 ]]; then
     # from its start until the first record goes: no traffic, only the
     # sweeper's passes, each followed by a pause of at least 49 times its own
     # busy time, so a short window would catch a whole pass or none of it.
-    IDLE_C0=$(cpu_ticks) IDLE_T0=$(date +%s) IDLE_FULL=$(held)
+    IDLE_C0=$(cpu_ticks "$SERVER_PID") IDLE_T0=$(date +%s) IDLE_FULL=$(held)
 
     # ---- 7. expiry --------------------------------------------------------
     phase_start "expiry wait (until ~$(( EXPIRE_BY - $(date +%s) )) s from now)"
@@ -545,7 +545,7 @@ if [[ $SKIP_MEMORY != 1 ]]; then
         trace "$left"
         if [[ -z $IDLE_CPU && ${left:-0} -lt $IDLE_FULL ]]; then
             IDLE_SECS=$(($(date +%s) - IDLE_T0))
-            IDLE_CPU=$(awk -v d=$(($(cpu_ticks) - IDLE_C0)) -v hz="$USER_HZ" -v s="$IDLE_SECS" \
+            IDLE_CPU=$(awk -v d=$(($(cpu_ticks "$SERVER_PID") - IDLE_C0)) -v hz="$USER_HZ" -v s="$IDLE_SECS" \
                 'BEGIN { printf "%.1f", (s > 0 ? 100 * d / hz / s : 0) }')
         fi
         [[ ${left:-1} == 0 ]] && break

@@ -56,8 +56,6 @@ for i in 0 1; do
 done
 sleep 20
 TICK=$(getconf CLK_TCK)
-# cpu_ticks PID: the process's user + system time so far, in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # bench I SCRIPT URL [WRK ARGS]: one wrk run on server I; prints "rps cpu_us".
 bench() {
     local i=$1 script=$2 url=$3 t0 out

@@ -18,6 +18,10 @@ with open(sys.argv[1], "wb") as f:
     f.writelines(lines)' "$1"
 }
 
+# cpu_ticks PID: the process's user + system CPU time so far, in clock ticks
+# (getconf CLK_TCK per second).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
 # start_preloaded BIN DRIVER SESSIONS TOKENS LOG: starts BIN in dev mode on
 # free loopback ports (--max-poll-secs 3600) with its log in LOG, waits until
 # it answers, and preloads SESSIONS sessions (poll 3600 s) with DRIVER,

@@ -4,18 +4,19 @@
 #
 #   bash loadtest/profile/perf-routes.sh [BINARY]    # default: target/release/streamcap
 #
-# Starts BINARY on CPU 0 (dev mode, free loopback ports), preloads SESSIONS
-# (default 1M) in a random order, waits for the preload's resizes and first
-# sweep to settle, then samples CPU 0 (`perf record -e cpu-clock`, 4,999 Hz)
-# through one wrk run on /healthz and one on heartbeats (wrk -t1 -c64 on
-# CPU 1, DUR seconds each, the same Lua scripts as bench.sh). Prints, per
-# answered request, the CPU 0 time of the kernel, of userland and of each
-# symbol, largest difference first (idle time left out: the halted vCPU's
-# samples). cpu-clock samples are timer interrupts, so this works in a VM
-# without hardware counters; each sample stands for ~200 µs, so symbols
-# under ~0.02 µs per request are noise; TOP (default 30) symbols are listed. Needs perf (linux-perf), wrk,
-# python3, curl and the driver. perf itself runs beside wrk on CPU 1 and
-# slows it: the throughput of these runs is not a benchmark.
+# Starts BINARY (dev mode, free loopback ports), preloads SESSIONS (default
+# 1M) in a random order, pins the server's threads to CPU 0, waits for the
+# preload's resizes and first sweep to settle, then samples CPU 0 (`perf
+# record -e cpu-clock`, 4,999 Hz) through one wrk run on /healthz and one on
+# heartbeats (wrk -t1 -c64 on CPU 1, DUR seconds each, the same Lua scripts
+# as bench.sh). Prints, per answered request, the CPU 0 time of the kernel,
+# of userland and of each symbol, largest difference first (idle time left
+# out: the halted vCPU's samples). cpu-clock samples are timer interrupts,
+# so this works in a VM without hardware counters; each sample stands for
+# ~200 µs, so symbols under ~0.02 µs per request are noise; TOP (default 30)
+# symbols are listed. Needs perf (linux-perf), wrk, python3, curl and the
+# driver. perf itself runs beside wrk on CPU 1 and slows it: the throughput
+# of these runs is not a benchmark.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${1:-$ROOT/target/release/streamcap}
@@ -29,15 +30,9 @@ for tool in perf wrk curl python3 "$DRIVER"; do
 done
 # shellcheck source=loadtest/profile/lib.sh
 source "$ROOT/loadtest/profile/lib.sh"
-PORT=$(port) ADMIN=$(port)
-taskset -c 0 "$BIN" --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" --max-poll-secs 3600 \
-    >"$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/healthz" >/dev/null && break; sleep 0.2; done
-"$DRIVER" preload --addr "127.0.0.1:$PORT" --sessions "$SESSIONS" --poll 3600 --tokens-out "$OUT/tokens.tsv" \
-    --progress 0 >/dev/null
-shuffle_lines "$OUT/tokens.tsv"
+trap 'kill ${P:-} 2>/dev/null || true' EXIT
+start_preloaded "$BIN" "$DRIVER" "$SESSIONS" "$OUT/tokens.tsv" "$OUT/server.log"
+taskset -a -p -c 0 "$P" >/dev/null
 sleep 20
 # sample NAME WRK_ARGS...: perf on CPU 0 through one wrk run on CPU 1.
 sample() {
