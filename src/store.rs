@@ -312,7 +312,7 @@ impl Store {
         // walks the map, and hands the old table to this thread's batch of
         // retired objects, which is freed only once `RETIRE_BATCH` of them
         // have gathered here: a sweeper that found nothing due would keep
-        // it for good (9 MiB at 1M users, ~150 MiB at 10M). Hand the batch
+        // it for good (9 MiB at 500k users, 72 MiB at 5M). Hand the batch
         // on now; it is freed once no request can still be reading it (if
         // requests are inside the map this moment, a later pass does it).
         current.guard().flush();
