@@ -313,8 +313,9 @@ impl Store {
         // retired objects, which is freed only once `RETIRE_BATCH` of them
         // have gathered here: a sweeper that found nothing due would keep
         // it for good (9 MiB at 500k users, 72 MiB at 5M). Hand the batch
-        // on now; it is freed once no request can still be reading it (if
-        // requests are inside the map this moment, a later pass does it).
+        // on now (one `membarrier` a pass); it is freed once no request can
+        // still be reading it. If more requests are inside the map this
+        // moment than the batch holds objects, a later pass does it.
         current.guard().flush();
         let peak = self.peak_users.fetch_max(swept.users, Ordering::Relaxed).max(swept.users);
         if swept.users == 0 && peak >= COMPACT_AFTER_USERS {
