@@ -22,18 +22,28 @@ with open(sys.argv[1], "wb") as f:
 # (getconf CLK_TCK per second).
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
-# start_preloaded BIN DRIVER SESSIONS TOKENS LOG: starts BIN in dev mode on
-# free loopback ports (--max-poll-secs 3600) with its log in LOG, waits until
-# it answers, and preloads SESSIONS sessions (poll 3600 s) with DRIVER,
-# writing their heartbeat targets to TOKENS in a random order. Sets PORT,
-# ADMIN and P (the server's pid); the caller stops it.
-start_preloaded() {
-    local bin=$1 driver=$2 sessions=$3 tokens=$4 log=$5
+# start_server BIN LOG: starts BIN in dev mode on free loopback ports
+# (--max-poll-secs 3600) with its log in LOG and waits until it answers.
+# Sets PORT, ADMIN and P (the server's pid); the caller stops it.
+start_server() {
+    local bin=$1 log=$2
     PORT=$(port) ADMIN=$(port)
     "$bin" --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" --max-poll-secs 3600 2>"$log" &
     P=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/healthz" >/dev/null && break; sleep 0.1; done
-    "$driver" preload --addr "127.0.0.1:$PORT" --sessions "$sessions" --poll 3600 --tokens-out "$tokens" \
-        --progress 0 >/dev/null
-    shuffle_lines "$tokens"
+}
+
+# preload_sessions DRIVER SESSIONS TOKENS: creates SESSIONS sessions (poll
+# 3600 s) on the server at PORT with DRIVER, writing their heartbeat targets
+# to TOKENS in the order they were created.
+preload_sessions() {
+    "$1" preload --addr "127.0.0.1:$PORT" --sessions "$2" --poll 3600 --tokens-out "$3" --progress 0 >/dev/null
+}
+
+# start_preloaded BIN DRIVER SESSIONS TOKENS LOG: start_server, then
+# preload_sessions, with the targets in TOKENS put in a random order.
+start_preloaded() {
+    start_server "$1" "$5"
+    preload_sessions "$2" "$3" "$4"
+    shuffle_lines "$4"
 }

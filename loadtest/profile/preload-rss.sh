@@ -22,16 +22,12 @@ DRIVER=$ROOT/loadtest/driver/target/release/streamcap-driver
 # shellcheck source=loadtest/profile/lib.sh
 source "$ROOT/loadtest/profile/lib.sh"
 SCRATCH=$(mktemp -d)
-PORT=$(port) ADMIN=$(port)
-"$BIN" --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" --max-poll-secs 3600 2>"$SCRATCH/server.log" &
-P=$!
-trap 'kill $P 2>/dev/null || true; rm -rf "$SCRATCH"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/healthz" >/dev/null && break; sleep 0.1; done
+trap 'kill "${P:-}" 2>/dev/null || true; rm -rf "$SCRATCH"' EXIT
+start_server "$BIN" "$SCRATCH/server.log"
 sleep 1
 rss() { awk '/^VmRSS/ { print $2 }' "/proc/$P/status"; }
 EMPTY=$(rss)
-"$DRIVER" preload --addr "127.0.0.1:$PORT" --sessions "$N" --poll 3600 --tokens-out "$SCRATCH/tokens.tsv" \
-    --progress 0 >/dev/null
+preload_sessions "$DRIVER" "$N" "$SCRATCH/tokens.tsv"
 echo "$(basename "$BIN"): $N sessions preloaded; empty process $((EMPTY / 1024)) MiB"
 for i in $(seq 0 "$SAMPLES"); do
     sleep "$([[ $i == 0 ]] && echo 1 || echo "$STEP")"
