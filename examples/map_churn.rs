@@ -18,7 +18,8 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mimalloc::MiMalloc;
-use streamcap::policy::{Admission, Beat, Limits, Session};
+use streamcap::policy::{Admission, Beat, Limits};
+use streamcap::session::Session;
 use streamcap::store::{Beaten, Store};
 use streamcap::wire::{Policy, SessionId};
 

@@ -20,7 +20,8 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use mimalloc::MiMalloc;
-use streamcap::policy::{Admission, Beat, Limits, Session};
+use streamcap::policy::{Admission, Beat, Limits};
+use streamcap::session::Session;
 use streamcap::store::{Beaten, Store, UserKey};
 use streamcap::wire::{Policy, SessionId};
 

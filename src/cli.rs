@@ -1,21 +1,18 @@
-//! The command line: `serve` (the default), `mint` and `keygen`. Secrets are
-//! read from the configuration file or the environment, never from flags,
-//! so they stay out of `ps` and shell history.
+//! The command line: the clap types of `serve` (the default), `mint` and
+//! `keygen`, and the `mint` and `keygen` commands; `serve` itself starts in
+//! [`crate::app`]. Secrets are read from the configuration file or the
+//! environment, never from flags, so they stay out of `ps` and shell
+//! history.
 
-use std::cell::Cell;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Config, Overrides};
+use crate::config::{self, Overrides};
 use crate::grant::GrantClaims;
 use crate::keys::{self, Key};
-use crate::server::Server;
 
 #[derive(Debug, Parser)]
 #[command(name = "streamcap", version, about = "Caps how many streams one account plays at once.")]
@@ -193,155 +190,4 @@ impl MintArgs {
 pub fn keygen(out: &mut impl Write) -> Result<(), String> {
     let secret = keys::generate().map_err(|e| format!("no randomness: {e}"))?;
     writeln!(out, "{}", keys::to_hex(&secret)).map_err(|e| e.to_string())
-}
-
-/// `streamcap serve`: builds the runtime, binds, runs until SIGTERM or
-/// SIGINT, reloads the configuration on SIGHUP.
-///
-/// `release(force)` asks the allocator to return the calling thread's free
-/// memory to the system. After a sweep drops many sessions it runs on the
-/// sweeper's thread, then once on each worker thread as it next goes idle:
-/// an allocator like mimalloc keeps pages freed by another thread until
-/// their owner collects them, and an idle worker never would.
-pub fn serve(args: &ServeArgs, release: fn(bool)) -> Result<(), String> {
-    args.log.init();
-    let env_keys = std::env::var(config::SERVER_KEYS_ENV).ok();
-    let config = Config::load(&args.settings, env_keys.as_deref())?;
-    let freed = Arc::new(AtomicU64::new(0));
-    let seen_by_workers = freed.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_park(move || {
-            thread_local!(static SEEN: Cell<u64> = const { Cell::new(0) });
-            let now = seen_by_workers.load(Ordering::Relaxed);
-            if SEEN.replace(now) != now {
-                release(true);
-            }
-        })
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async move {
-        let public = listen(config.listen)?;
-        let admin = listen(config.admin_listen)?;
-        let addr = public.local_addr().map_err(|e| e.to_string())?;
-        let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(config = %config.summary(), "effective configuration");
-        warn_if_few_descriptors(config.max_connections);
-        if config.dev_mode {
-            tracing::warn!("DEV MODE: tenant \"demo\" and the server key use fixed, publicly known secrets");
-            eprintln!("{}", dev_banner(addr));
-        }
-        // tokio's default: a worker per CPU.
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let server = Server::new(&config).map_err(|e| e.to_string())?.on_bulk_free(move || {
-            release(true);
-            freed.fetch_add(1, Ordering::Relaxed);
-            // Idle workers run the park hook only once woken: give each a task.
-            for _ in 0..workers {
-                tokio::spawn(tokio::task::yield_now());
-            }
-        });
-        let server = Arc::new(server);
-        tokio::spawn(reload_on_hangup(server.clone(), args.settings.clone(), env_keys, config));
-        tracing::info!("listening on {addr}, operator endpoints on {admin_addr}");
-        server.serve(public, admin, shutdown_signal()).await;
-        tracing::info!("stopped");
-        Ok(())
-    })
-}
-
-/// Pending connections the kernel queues for `accept` (it caps this at
-/// `net.core.somaxconn`). The default of 128 drops SYNs in a reconnect storm
-/// after a failover or a restart, and those clients wait a second or more.
-const LISTEN_BACKLOG: u32 = 4096;
-
-fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
-    let fail = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
-    let socket = socket.map_err(fail)?;
-    socket.set_reuseaddr(true).map_err(fail)?;
-    socket.bind(addr).map_err(fail)?;
-    socket.listen(LISTEN_BACKLOG).map_err(fail)
-}
-
-/// Each connection needs a file descriptor: warn when the soft limit
-/// cannot hold `max_connections` (plus a margin for listeners and logs).
-fn warn_if_few_descriptors(max_connections: usize) {
-    let soft_limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
-        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-        line.split_whitespace().nth(3)?.parse::<u64>().ok()
-    });
-    if let Some(limit) = soft_limit.filter(|l| *l < max_connections as u64 + 64) {
-        tracing::warn!(
-            open_files_limit = limit,
-            max_connections,
-            "the open-files limit is below max_connections + 64: raise it (LimitNOFILE, ulimit -n)"
-        );
-    }
-}
-
-/// SIGHUP: load the configuration again and put it in force; a
-/// configuration that does not load is refused and the old one stays.
-async fn reload_on_hangup(server: Arc<Server>, overrides: Overrides, env_keys: Option<String>, mut current: Config) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
-    while hangups.recv().await.is_some() {
-        match Config::load(&overrides, env_keys.as_deref()) {
-            Ok(next) => {
-                if (next.listen, next.admin_listen, next.sweep_interval)
-                    != (current.listen, current.admin_listen, current.sweep_interval)
-                {
-                    tracing::warn!("listen, admin_listen and sweep_millis changes take effect at the next restart");
-                }
-                server.reload(&next);
-                server.metrics().reloads_ok.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(config = %next.summary(), "configuration reloaded");
-                current = next;
-            }
-            Err(e) => {
-                server.metrics().reloads_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "configuration reload refused; the previous one stays in force");
-            }
-        }
-    }
-}
-
-fn dev_banner(addr: SocketAddr) -> String {
-    let port = addr.port();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let claims = GrantClaims {
-        tenant: config::DEV_TENANT.into(),
-        sub: "alice".into(),
-        limit: 2,
-        exp: now + 24 * 3600,
-        ..Default::default()
-    };
-    let key = Key::parse("dev", config::DEV_TENANT_KEY).map(|k| k.secret).unwrap_or_default();
-    let grant = claims.mint(&key);
-    format!(
-        "\n!!! DEV MODE: no configuration was given. Tenant \"{}\" and the server key use\n\
-         !!! FIXED, PUBLICLY KNOWN secrets: anyone can mint grants. Never expose this\n\
-         !!! server; pass --config (or STREAMCAP_SERVER_KEYS) for real use.\n\n\
-         Try it (a grant for user alice, limit 2, valid 24 h):\n\n  \
-         curl -s -X POST http://127.0.0.1:{port}/v1/users/alice/sessions \\\n    \
-         -H 'Authorization: Bearer {grant}'\n\n\
-         More grants: streamcap mint --user bob --limit 3\n",
-        config::DEV_TENANT
-    )
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutting down: no new connections, finishing requests in flight");
 }

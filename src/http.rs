@@ -4,7 +4,7 @@
 //! core never sees a hyper type; this module never decides policy.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
 use serde::Serialize;
 
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::limiter::{Error, Limiter};
 use crate::metrics::Route;
@@ -164,10 +165,6 @@ fn empty(status: StatusCode) -> Reply {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = status;
     r
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A parsed API path.

@@ -9,18 +9,24 @@
 //! - [`keys`]: key material and key rings.
 //! - [`grant`]: grants minted by tenants' backends (parse, verify, mint).
 //! - [`token`]: lease tokens minted by the server (mint, verify, renew).
-//! - [`policy`]: the admission, healing and expiry rules over one user, pure.
+//! - [`session`]: the records held per user: sessions, tombstones, who stopped whom.
+//! - [`policy`]: the admission, healing and expiry rules over one user's records, pure.
 //! - [`store`]: every user's records in a lock-free map; one atomic step per operation.
+//! - [`sweeper`]: the store's background task that drops what expired, paced; memory release.
+//! - [`clock`]: the wall clock, read in one place.
 //! - [`limiter`]: the core service: credentials in, store operations, answers out.
 //! - [`metrics`]: counters and their Prometheus rendering.
 //! - [`http`]: the HTTP adapter: routes, bodies, CORS, the one error-to-status map.
-//! - [`server`]: listeners, the connection cap, shutdown, the sweeper.
+//! - [`server`]: listeners, the connection cap, shutdown.
 //! - [`conn`]: per-connection idle and head timeouts, repeated `Content-Length`.
 //! - [`config`]: file, environment and flags, validated; dev mode.
-//! - [`cli`]: `serve`, `mint` and `keygen`.
+//! - [`app`]: `serve`: runtime, signals, reload on SIGHUP, the dev banner.
+//! - [`cli`]: the command line; `mint` and `keygen`.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod grant;
@@ -30,6 +36,8 @@ pub mod limiter;
 pub mod metrics;
 pub mod policy;
 pub mod server;
+pub mod session;
 pub mod store;
+pub mod sweeper;
 pub mod token;
 pub mod wire;

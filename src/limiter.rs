@@ -6,14 +6,19 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::grant::{self, Grant, InvalidGrant, PollBounds, Tenants};
 use crate::keys::KeyRing;
 use crate::metrics::{Metrics, Rejection};
-use crate::policy::{Admission, Beat, By, Info, Limits, Refusal, Refused, Session, Stop};
+use crate::policy::{Admission, Beat, Limits, Refusal, Refused, Stop};
+use crate::session::{By, Info, Session};
 use crate::store::{Beaten, Stopped, Store, Swept};
+use crate::sweeper::{self, FreedHook};
 use crate::token::{InvalidToken, Lease, LeaseClaims};
 use crate::wire::{self, SessionId, SessionView, StopReason};
 
@@ -95,7 +100,7 @@ pub struct Listing {
 pub struct Limiter {
     /// Swapped whole on reload; requests read it without locking.
     settings: ArcSwap<Settings>,
-    store: Store,
+    store: Arc<Store>,
     ids: SessionIds,
     metrics: Arc<Metrics>,
 }
@@ -108,7 +113,7 @@ impl Limiter {
         getrandom::fill(&mut seed)?;
         Ok(Limiter {
             settings: ArcSwap::from_pointee(settings),
-            store: Store::new(1024, hash_key),
+            store: Arc::new(Store::new(1024, hash_key)),
             ids: SessionIds { seed: u64::from_le_bytes(seed), next: AtomicU64::new(0) },
             metrics,
         })
@@ -329,35 +334,28 @@ impl Limiter {
         Ok(Listing { limit: g.limit, active, sessions: sessions.iter().map(Session::view).collect() })
     }
 
-    /// One pass of the background sweeper (SPEC §7).
+    /// One pass of the background sweeper (SPEC §7), run now.
     pub fn sweep(&self, now: u64) -> Swept {
-        self.sweep_paced(now, &mut || {})
+        let swept = self.store.sweep(now);
+        sweeper::publish(&self.metrics, &swept);
+        swept
+    }
+
+    /// Starts the store's sweeper: a pass every `every` (see
+    /// [`crate::sweeper`]) until `stop` changes.
+    pub fn spawn_sweeper(
+        &self,
+        every: Duration,
+        freed: Option<FreedHook>,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        self.store.spawn_sweeper(self.metrics.clone(), every, freed, stop)
     }
 
     /// Puts the exact number of records held into `streamcap_records` (the
     /// other gauges are as of the last sweep).
     pub fn publish_records(&self) {
         self.metrics.records.store(self.store.records(), Ordering::Relaxed);
-    }
-
-    /// Whether a sweep pass now would clear a mass expiry: records are held
-    /// and every live session among them has expired
-    /// ([`Store::sessions_expire_by`] has passed). Returns that time, so a
-    /// caller can ask once per value.
-    pub fn all_sessions_expired(&self, now: u64) -> Option<u64> {
-        let by = self.store.sessions_expire_by();
-        (by > 0 && now >= by && self.store.records() > 0).then_some(by)
-    }
-
-    /// [`Limiter::sweep`], pausing as [`Store::sweep_paced`] does.
-    pub fn sweep_paced(&self, now: u64, pause: &mut dyn FnMut()) -> Swept {
-        let swept = self.store.sweep_paced(now, pause);
-        let m = &self.metrics;
-        m.expired(swept.expired);
-        m.live_sessions.store(swept.live as u64, Ordering::Relaxed);
-        m.users.store(swept.users as u64, Ordering::Relaxed);
-        m.records.store(swept.records as u64, Ordering::Relaxed);
-        swept
     }
 }
 
@@ -392,7 +390,7 @@ mod tests {
     fn dev_limiter(policy: Option<&str>) -> (Limiter, u64, String) {
         let config = Config::load(&Overrides::default(), None).unwrap();
         let limiter = Limiter::new(config.core, Arc::new(Metrics::default())).unwrap();
-        let now = crate::http::now_ms();
+        let now = crate::clock::now_ms();
         let secret = Key::parse("dev", DEV_TENANT_KEY).unwrap().secret;
         let grant = GrantClaims {
             tenant: DEV_TENANT.into(),
@@ -435,18 +433,18 @@ mod tests {
     #[test]
     fn tells_when_every_session_held_has_expired() {
         let (limiter, now, grant) = dev_limiter(None);
-        assert_eq!(limiter.all_sessions_expired(now), None, "nothing held");
+        assert_eq!(limiter.store.all_sessions_expired(now), None, "nothing held");
         // A kick of an unknown id leaves a tombstone and no session.
         limiter.stop("alice", SessionId(7), &grant, now).unwrap();
-        assert_eq!(limiter.all_sessions_expired(now + 86_400_000), None, "no session was ever started");
+        assert_eq!(limiter.store.all_sessions_expired(now + 86_400_000), None, "no session was ever started");
         let started = limiter.start("alice", &grant, None, now).unwrap();
         let renewed = limiter.heartbeat("alice", started.session_id, &started.token, now + 1000).unwrap();
         let by = renewed.expires_ms.div_ceil(1000) * 1000;
-        assert_eq!(limiter.all_sessions_expired(by - 1), None, "the session is live until its expiry");
-        assert_eq!(limiter.all_sessions_expired(by), Some(by));
+        assert_eq!(limiter.store.all_sessions_expired(by - 1), None, "the session is live until its expiry");
+        assert_eq!(limiter.store.all_sessions_expired(by), Some(by));
         assert_eq!(limiter.sweep(by).live, 0);
-        assert_eq!(limiter.all_sessions_expired(by), Some(by), "the tombstone is still held");
+        assert_eq!(limiter.store.all_sessions_expired(by), Some(by), "the tombstone is still held");
         assert_eq!(limiter.sweep(now + 86_400_000).records, 0);
-        assert_eq!(limiter.all_sessions_expired(now + 86_400_000), None, "nothing held");
+        assert_eq!(limiter.store.all_sessions_expired(now + 86_400_000), None, "nothing held");
     }
 }

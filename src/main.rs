@@ -7,7 +7,7 @@ use streamcap::cli::{Cli, Command};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Returns the calling thread's free mimalloc pages to the system (see
-/// `streamcap::cli::serve`); `force` also purges what is not yet due.
+/// `streamcap::app::serve`); `force` also purges what is not yet due.
 fn release_memory(force: bool) {
     // SAFETY: `mi_collect` has no preconditions: it frees and purges only
     // what the calling thread's heap no longer uses.
@@ -42,8 +42,8 @@ fn main() {
         keep_returned_memory_returned();
     }
     let result = match &cli.command {
-        None => streamcap::cli::serve(&cli.serve, release_memory),
-        Some(Command::Serve(o)) => streamcap::cli::serve(o, release_memory),
+        None => streamcap::app::serve(&cli.serve, release_memory),
+        Some(Command::Serve(o)) => streamcap::app::serve(o, release_memory),
         Some(Command::Mint(args)) => args.run(&mut out),
         Some(Command::Keygen) => streamcap::cli::keygen(&mut out),
     };

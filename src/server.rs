@@ -1,9 +1,9 @@
 //! Sockets: the public and operator listeners (one connection stack for
-//! both), the connection cap, graceful shutdown and the one background
-//! sweeper. hyper parses HTTP/1.1 with its
-//! own limits on header count and head size; what it lacks per connection
-//! (separate idle and head timeouts, repeated `Content-Length` detection)
-//! lives in [`crate::conn`].
+//! both), the connection cap and graceful shutdown; it starts the store's
+//! sweeper ([`crate::sweeper`]) and stops it on shutdown. hyper parses
+//! HTTP/1.1 with its own limits on header count and head size; what it lacks
+//! per connection (separate idle and head timeouts, repeated
+//! `Content-Length` detection) lives in [`crate::conn`].
 
 use std::future::Future;
 use std::io;
@@ -19,14 +19,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::conn::{Phase, TimedIo};
-use crate::http::{Api, Edge, RepeatedContentLength, now_ms, serve_admin, serve_api};
+use crate::http::{Api, Edge, RepeatedContentLength, serve_admin, serve_api};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
-use crate::store::Swept;
+use crate::sweeper::FreedHook;
 use crate::wire;
 
 /// How long shutdown waits for in-flight requests.
@@ -42,13 +41,6 @@ pub struct Server {
     sweep_interval: Duration,
     freed: Option<FreedHook>,
 }
-
-/// Called on the sweeper's thread after a pass that dropped many records.
-pub type FreedHook = Arc<dyn Fn() + Send + Sync>;
-
-/// A sweep pass that drops at least this many records (and an eighth of
-/// what it keeps) calls the [`FreedHook`].
-const FREED_HOOK_AFTER: usize = 4096;
 
 impl Server {
     pub fn new(config: &Config) -> io::Result<Server> {
@@ -85,7 +77,7 @@ impl Server {
     pub async fn serve(&self, public: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let api = &self.api;
-        let sweeper = tokio::spawn(sweep_loop(api.clone(), self.sweep_interval, self.freed.clone(), stop_rx.clone()));
+        let sweeper = api.limiter.spawn_sweeper(self.sweep_interval, self.freed.clone(), stop_rx.clone());
         let admin_task = tokio::spawn(accept(admin, Listener::Admin, api.clone(), stop_rx.clone()));
         let public_task = tokio::spawn(accept(public, Listener::Public, api.clone(), stop_rx));
         shutdown.await;
@@ -201,89 +193,6 @@ async fn refuse(mut stream: TcpStream) {
     .await;
 }
 
-/// The sweeper: every `every`, or less often when the map is so large that
-/// its passes would otherwise take more than about 2% of one core. A pass
-/// sleeps briefly between chunks of users so that it never holds a core for
-/// long: on a busy two-core machine a 50 ms burst shows in request latency.
-/// While it waits out a long budget it still looks every `every`: once
-/// every session held has expired (a mass expiry, the end of a load test),
-/// the pass that clears them runs at once, once per such moment.
-async fn sweep_loop(api: Arc<Api>, every: Duration, freed: Option<FreedHook>, mut stop: watch::Receiver<bool>) {
-    const PAUSE: Duration = Duration::from_micros(100);
-    let mut next = Instant::now();
-    let mut cleared_for = None;
-    let mut freeing = Freeing::default();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = tokio::time::sleep_until(next.min(Instant::now() + every)) => {
-                if Instant::now() < next {
-                    let expired = api.limiter.all_sessions_expired(now_ms());
-                    if expired.is_none() || expired == cleared_for {
-                        continue;
-                    }
-                    cleared_for = expired;
-                }
-                let (api, freed, mut state) = (api.clone(), freed.clone(), freeing);
-                // A sweep walks the whole map: keep it off the request workers.
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let began = std::time::Instant::now();
-                    let mut paused = Duration::ZERO;
-                    let swept = api.limiter.sweep_paced(now_ms(), &mut || {
-                        std::thread::sleep(PAUSE);
-                        paused += PAUSE;
-                    });
-                    let busy = began.elapsed().saturating_sub(paused);
-                    let (hook_now, hurry) = state.after(&swept);
-                    if hook_now && let Some(hook) = freed {
-                        hook();
-                    }
-                    (busy, hurry, state)
-                })
-                .await
-                .unwrap_or_default();
-                let (busy, hurry);
-                (busy, hurry, freeing) = outcome;
-                // While a mass expiry is being cleared, the next pass comes at
-                // once rather than after its CPU budget.
-                next = Instant::now() + if hurry { every } else { every.max(busy * 49) };
-            }
-        }
-    }
-}
-
-/// When the sweeper calls the [`FreedHook`]: once the records dropped since
-/// its last call (expired sessions, ended tombstones) reach
-/// `FREED_HOOK_AFTER` and an eighth of those still held, and once more on
-/// the pass after, when what that pass retired (papaya's batches) has been
-/// freed too; and on the pass that lets go of an emptied map, whose table
-/// is freed only then (after the last sessions expired, often minutes after
-/// the last mass drop).
-#[derive(Clone, Copy, Default)]
-struct Freeing {
-    records: usize,
-    dropped: usize,
-    trailing: bool,
-}
-
-impl Freeing {
-    /// Takes in a pass: whether to call the hook now, and whether this pass
-    /// alone dropped many records (a mass expiry is under way).
-    fn after(&mut self, swept: &Swept) -> (bool, bool) {
-        let dropped = swept.expired.max(self.records.saturating_sub(swept.records));
-        let many = |n: usize| n >= FREED_HOOK_AFTER.max(swept.records / 8);
-        self.records = swept.records;
-        self.dropped += dropped;
-        let trailing = std::mem::take(&mut self.trailing);
-        if many(self.dropped) {
-            self.dropped = 0;
-            self.trailing = true;
-            return (true, many(dropped));
-        }
-        (trailing || swept.released_map, many(dropped))
-    }
-}
-
 /// Counts an open connection for as long as it lives.
 struct ConnGuard {
     open: Arc<AtomicU64>,
@@ -306,45 +215,5 @@ impl Drop for ConnGuard {
         if let Some(m) = &self.metrics {
             m.connections_open.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pass(records: usize, expired: usize) -> Swept {
-        Swept { records, expired, ..Swept::default() }
-    }
-
-    #[test]
-    fn the_freed_hook_runs_after_many_drops_and_on_the_pass_after() {
-        let mut f = Freeing::default();
-        assert!(!f.after(&pass(100_000, 0)).0, "growing");
-        assert!(!f.after(&pass(97_000, 3_000)).0);
-        // 6,000 dropped in all: over 4,096 and over an eighth of 94,000.
-        assert!(!f.after(&pass(94_000, 3_000)).0, "6,000 < 94,000 / 8");
-        assert!(f.after(&pass(80_000, 14_000)).0, "20,000 >= 80,000 / 8");
-        assert!(f.after(&pass(80_000, 0)).0, "the trailing pass");
-        assert!(!f.after(&pass(80_000, 0)).0);
-        // A big drop on a trailing pass starts its own round.
-        assert!(f.after(&pass(60_000, 20_000)).0);
-        assert!(f.after(&pass(0, 60_000)).0, "trailing, and a round of its own");
-        assert!(f.after(&pass(0, 0)).0, "its trailing pass");
-        assert!(!f.after(&pass(0, 0)).0);
-        // Expired sessions count even when starts keep the total level.
-        assert!(!f.after(&pass(80_000, 5_000)).0);
-        assert!(f.after(&pass(80_000, 5_000)).0);
-        // A pass that drops many records on its own hurries the next one.
-        let mut f = Freeing::default();
-        assert_eq!(f.after(&pass(10_000_000, 0)), (false, false));
-        assert_eq!(f.after(&pass(5_000_000, 5_000_000)), (true, true));
-        assert_eq!(f.after(&pass(4_900_000, 100_000)), (true, false), "trailing, no hurry");
-        assert_eq!(f.after(&pass(0, 4_900_000)), (true, true));
-        // Letting go of an emptied map frees its table: collect then too.
-        let mut f = Freeing::default();
-        assert_eq!(f.after(&pass(0, 0)), (false, false));
-        assert_eq!(f.after(&Swept { released_map: true, ..pass(0, 0) }), (true, false));
-        assert_eq!(f.after(&pass(0, 0)), (false, false));
     }
 }

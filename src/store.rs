@@ -8,20 +8,28 @@
 //! The one exception is the common heartbeat, which changes nothing but its
 //! session's expiry ([`policy::renewable`]): that is renewed in place with a
 //! compare-and-swap on the stored record, without copying the user's
-//! records (or allocating, unless the limit counts devices). Every `compute` first freezes the expiries of the
-//! records it copies ([`policy::Expiry::freeze`]), so an in-place renewal
-//! either lands before the copy (and is copied) or fails on the frozen
-//! record and takes the `compute` path: none is lost.
+//! records (or allocating, unless the limit counts devices). Every `compute`
+//! first freezes the expiries of the records it copies ([`Expiry`]), so an
+//! in-place renewal either lands before the copy (and is copied) or fails
+//! on the frozen record and takes the `compute` path: none is lost.
+//!
+//! The store starts its own sweeper ([`Store::spawn_sweeper`]).
 
 use std::hash::Hasher;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use papaya::{Compute, Guard, HashMap, Operation, ResizeMode};
 use siphasher::sip128::{Hasher128, SipHasher24};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::policy::{self, Admission, Beat, BeatOutcome, Refusal, Session, Slot, Stop, StopOutcome, Tombstone};
+use crate::metrics::Metrics;
+use crate::policy::{self, Admission, Beat, BeatOutcome, Refusal, Stop, StopOutcome};
+use crate::session::{Session, Slot, Tombstone};
+use crate::sweeper::{self, FreedHook};
 use crate::wire::{Policy, SessionId};
 
 /// 128 bits of SipHash-2-4 over (tenant, user), under a random per-process
@@ -159,6 +167,28 @@ impl Store {
     /// mass expiry at once rather than when its CPU budget allows.
     pub fn sessions_expire_by(&self) -> u64 {
         self.expire_by.load(Ordering::Relaxed)
+    }
+
+    /// Whether a sweep pass now would clear a mass expiry: records are held
+    /// and every live session among them has expired
+    /// ([`Store::sessions_expire_by`] has passed). Returns that time, so a
+    /// caller can ask once per value.
+    pub fn all_sessions_expired(&self, now: u64) -> Option<u64> {
+        let by = self.sessions_expire_by();
+        (by > 0 && now >= by && self.records() > 0).then_some(by)
+    }
+
+    /// Starts this store's sweeper ([`crate::sweeper`]): a pass every
+    /// `every`, counted in `metrics`, until `stop` changes. Needs a tokio
+    /// runtime.
+    pub fn spawn_sweeper(
+        self: &Arc<Store>,
+        metrics: Arc<Metrics>,
+        every: Duration,
+        freed: Option<FreedHook>,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(sweeper::run(self.clone(), metrics, every, freed, stop))
     }
 
     /// Raises [`Store::sessions_expire_by`] to cover `expires_ms`. Rounded up
@@ -351,6 +381,74 @@ impl Store {
             }
         }
         true
+    }
+}
+
+/// A session's expiry, in Unix ms. The rules in [`crate::policy`] read and
+/// write it like a plain number on their own copies; in the store it is also
+/// the one field a heartbeat renews in place (`Expiry::renew`) instead of
+/// copying the user's records. A writer that copies records freezes their
+/// expiries first (`Expiry::freeze`): from then on an in-place renewal of
+/// that copy fails (and takes the copying path), so none is lost. Both steps
+/// of that protocol are private to this module.
+pub struct Expiry(AtomicU64);
+
+impl Expiry {
+    /// Set while a writer copies the records holding this expiry.
+    const FROZEN: u64 = 1 << 63;
+
+    pub fn new(ms: u64) -> Expiry {
+        // Unix ms stay far below the flag; a larger value saturates.
+        Expiry(AtomicU64::new(ms.min(Self::FROZEN - 1)))
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire) & !Self::FROZEN
+    }
+
+    pub fn set(&mut self, ms: u64) {
+        *self = Expiry::new(ms);
+    }
+
+    /// Marks the records holding this expiry as being copied: no in-place
+    /// renewal can change it any more.
+    fn freeze(&self) {
+        self.0.fetch_or(Self::FROZEN, Ordering::AcqRel);
+    }
+
+    /// Sets the expiry to `to_ms` if it is still after `now` and not frozen.
+    fn renew(&self, now: u64, to_ms: u64) -> bool {
+        let seen = self.0.load(Ordering::Acquire);
+        seen & Self::FROZEN == 0
+            && seen > now
+            && self.0.compare_exchange(seen, to_ms.min(Self::FROZEN - 1), Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+}
+
+impl From<u64> for Expiry {
+    fn from(ms: u64) -> Expiry {
+        Expiry::new(ms)
+    }
+}
+
+/// A copy is a new record: never frozen.
+impl Clone for Expiry {
+    fn clone(&self) -> Expiry {
+        Expiry::new(self.get())
+    }
+}
+
+impl PartialEq for Expiry {
+    fn eq(&self, other: &Expiry) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for Expiry {}
+
+impl std::fmt::Debug for Expiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
     }
 }
 

@@ -7,7 +7,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use streamcap::policy::{Admission, Limits, Session};
+use streamcap::policy::{Admission, Limits};
+use streamcap::session::Session;
 use streamcap::store::Store;
 use streamcap::wire::{Policy, SessionId};
 
