@@ -1,4 +1,4 @@
-//! Configuration (SPEC §8): a TOML file, `STREAMCAP_*` environment
+//! Configuration (docs/spec.md §8): a TOML file, `STREAMCAP_*` environment
 //! variables and command-line flags, in rising precedence (clap resolves a
 //! flag over its variable; this module lays both over the file). With no
 //! configuration at all the server runs in dev mode on fixed, public keys.

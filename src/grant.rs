@@ -1,4 +1,4 @@
-//! Grants (SPEC §2): `g1.<base64url JSON>.<base64url keyed-BLAKE3 MAC>`,
+//! Grants (docs/spec.md §2): `g1.<base64url JSON>.<base64url keyed-BLAKE3 MAC>`,
 //! minted by a tenant's backend. This module parses, authenticates and
 //! validates them, and mints them for tools and tests. It holds no state.
 

@@ -1,4 +1,4 @@
-//! The HTTP adapter for the public API (SPEC §4) and the operator endpoints:
+//! The HTTP adapter for the public API (docs/spec.md §4) and the operator endpoints:
 //! parse the route, headers and (bounded) body, call the core, render JSON.
 //! Every failure becomes a status in exactly one place, [`failure`]. The
 //! core never sees a hyper type; this module never decides policy.
@@ -81,7 +81,7 @@ impl Cors {
 }
 
 /// Marks a request whose head repeated `Content-Length` (found below
-/// hyper, which merges equal repeats): SPEC §4 refuses it with `400`.
+/// hyper, which merges equal repeats): docs/spec.md §4 refuses it with `400`.
 #[derive(Clone, Copy, Debug)]
 pub struct RepeatedContentLength;
 
@@ -230,7 +230,7 @@ pub async fn serve_api(api: Arc<Api>, req: Request<Incoming>) -> Reply {
     reply
 }
 
-/// Reads and discards any request body, within SPEC §4's limits: our
+/// Reads and discards any request body, within docs/spec.md §4's limits: our
 /// requests carry none, but the connection must stay in step.
 async fn read_body(timeout: Duration, headers: &HeaderMap, body: Incoming) -> Result<(), Failure> {
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();

@@ -155,7 +155,7 @@ impl Limiter {
         Ok(lease)
     }
 
-    /// SPEC §4 start and §5 admission.
+    /// docs/spec.md §4 start and §5 admission.
     pub fn start(&self, user: &str, token: &str, replace: Option<SessionId>, now: u64) -> Result<Started, Error> {
         let settings = self.settings.load();
         let s = &**settings;
@@ -239,7 +239,7 @@ impl Limiter {
         });
     }
 
-    /// SPEC §4 heartbeat and §6 healing and re-validation.
+    /// docs/spec.md §4 heartbeat and §6 healing and re-validation.
     pub fn heartbeat(&self, user: &str, id: SessionId, token: &str, now: u64) -> Result<Renewed, Error> {
         let settings = self.settings.load();
         let s = &**settings;
@@ -287,7 +287,7 @@ impl Limiter {
         }
     }
 
-    /// SPEC §4 stop: with the session's own lease token (`ended`) or a grant
+    /// docs/spec.md §4 stop: with the session's own lease token (`ended`) or a grant
     /// for the user (`kicked`). Idempotent.
     pub fn stop(&self, user: &str, id: SessionId, token: &str, now: u64) -> Result<(), Error> {
         let settings = self.settings.load();
@@ -327,14 +327,14 @@ impl Limiter {
         Ok(())
     }
 
-    /// SPEC §4 list: live sessions, oldest first.
+    /// docs/spec.md §4 list: live sessions, oldest first.
     pub fn list(&self, user: &str, token: &str, now: u64) -> Result<Listing, Error> {
         let g = self.grant_for(&self.settings.load(), user, token, now)?;
         let (active, sessions) = self.store.live(self.store.user_key(&g.tenant, &g.sub), g.policy, now);
         Ok(Listing { limit: g.limit, active, sessions: sessions.iter().map(Session::view).collect() })
     }
 
-    /// One pass of the background sweeper (SPEC §7), run now.
+    /// One pass of the background sweeper (docs/spec.md §7), run now.
     pub fn sweep(&self, now: u64) -> Swept {
         let swept = self.store.sweep(now);
         sweeper::publish(&self.metrics, &swept);

@@ -1,4 +1,4 @@
-//! The rules of SPEC §5–7 over one user's sessions, as pure functions:
+//! The rules of docs/spec.md §5–7 over one user's sessions, as pure functions:
 //! admission (with `replace` and the three policies), heartbeat healing and
 //! re-validation, stop and kick, and expiry. They take the current records
 //! and `now` and return the records that should replace them, so the store
@@ -178,7 +178,7 @@ pub struct Refused {
     pub sessions: Vec<Session>,
 }
 
-/// SPEC §5: one start, all or nothing.
+/// docs/spec.md §5: one start, all or nothing.
 pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, Refusal> {
     let mut w = Working::new(current, now, 1 + usize::from(a.replace.is_some()));
     if w.full(1 + usize::from(a.replace.is_some())) {
@@ -287,7 +287,7 @@ pub fn renewable<'s>(current: &'s [Slot], b: &Beat<'_>, now: u64) -> Option<&'s 
     (within_group && count_units(current, |_| true, lim.by_device()) <= lim.limit as usize).then_some(me)
 }
 
-/// SPEC §6: find or rebuild the session, re-validate the user's limits by
+/// docs/spec.md §6: find or rebuild the session, re-validate the user's limits by
 /// the caller's policy, renew.
 pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
     if let Some(Slot::Stopped(t)) = current.iter().find(|s| s.id() == b.id) {
@@ -374,7 +374,7 @@ pub enum StopOutcome {
     Full,
 }
 
-/// SPEC §4 stop: idempotent; frees the slot at once.
+/// docs/spec.md §4 stop: idempotent; frees the slot at once.
 pub fn stop(current: &[Slot], s: &Stop, now: u64) -> StopOutcome {
     if let Some(Slot::Stopped(_)) = current.iter().find(|slot| slot.id() == s.id) {
         return StopOutcome::AlreadyStopped;
@@ -595,7 +595,7 @@ mod tests {
         assert_eq!(refused.active, 2);
     }
 
-    /// SPEC §6, verbatim: limit 5, reject_new. Streams 1-5 play; all state is
+    /// docs/spec.md §6, verbatim: limit 5, reject_new. Streams 1-5 play; all state is
     /// lost; stream 6 starts (admitted: nothing is known); streams 1-4
     /// heartbeat and are rebuilt (5 of 5); stream 5 heartbeats: 6 live > 5,
     /// the latest-started is stream 6, so stream 6 is stopped

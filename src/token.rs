@@ -1,4 +1,4 @@
-//! Lease tokens (SPEC §3): `s1.<kid>.<payload>.<mac>`, where `payload` is a
+//! Lease tokens (docs/spec.md §3): `s1.<kid>.<payload>.<mac>`, where `payload` is a
 //! compact binary record in base64url and `mac` a 128-bit tag: the first 16
 //! bytes of the keyed BLAKE3 hash, with the server key `kid`, of everything
 //! before the last dot, in base64url (22 characters). Tokens minted before

@@ -1,5 +1,5 @@
 //! The contract in one file: JSON shapes, error codes, size limits and
-//! defaults from SPEC §2–4 and §8. Check this module against `SPEC.md`.
+//! defaults from docs/spec.md §2–4 and §8. Check this module against `docs/spec.md`.
 //! Nothing here does I/O or knows about hyper.
 
 use std::fmt;
@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-// ---- limits (SPEC §4) -------------------------------------------------------
+// ---- limits (docs/spec.md §4) -------------------------------------------------------
 
 /// Most request headers accepted; more gets `431`.
 pub const MAX_HEADERS: usize = 64;
@@ -15,7 +15,7 @@ pub const MAX_HEADERS: usize = 64;
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Largest request body; more gets `413`.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-/// Longest lease token the server mints (SPEC §3).
+/// Longest lease token the server mints (docs/spec.md §3).
 pub const MAX_TOKEN_LEN: usize = 512;
 /// Longest grant accepted; far above any valid grant, it bounds the work an
 /// attacker can make us do before the MAC check.
@@ -23,13 +23,13 @@ pub const MAX_GRANT_LEN: usize = 4096;
 
 // ---- clock-skew leeways ------------------------------------------------------
 
-/// A grant is accepted until `exp` plus this (SPEC §2).
+/// A grant is accepted until `exp` plus this (docs/spec.md §2).
 pub const GRANT_LEEWAY_MS: u64 = 30_000;
-/// A lease token is accepted until its expiry plus this (SPEC §3); tombstones
+/// A lease token is accepted until its expiry plus this (docs/spec.md §3); tombstones
 /// are kept this much longer than the last token they answer for.
 pub const TOKEN_LEEWAY_MS: u64 = 5_000;
 
-// ---- defaults (SPEC §8) ------------------------------------------------------
+// ---- defaults (docs/spec.md §8) ------------------------------------------------------
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -43,7 +43,7 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SWEEP_MILLIS: u64 = 1_000;
 
-// ---- field rules (SPEC §2) -----------------------------------------------------
+// ---- field rules (docs/spec.md §2) -----------------------------------------------------
 
 pub const MAX_LIMIT: u32 = 1000;
 /// Most records (live sessions and tombstones) one user may hold: far above
@@ -181,7 +181,7 @@ impl Serialize for SessionId {
 
 // ---- response bodies ---------------------------------------------------------------
 
-/// One session as players see it in lists, 409s and `by` (SPEC §4).
+/// One session as players see it in lists, 409s and `by` (docs/spec.md §4).
 /// `session_id` and `expires_at` are `null` only in the `by` of a kick, where
 /// the kicker is a grant holder rather than a session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -1,4 +1,4 @@
-//! Abuse (SPEC §4 "Limits every connection gets", SECURITY.md "Denial of
+//! Abuse (docs/spec.md §4 "Limits every connection gets", SECURITY.md "Denial of
 //! service"): thousands of slowloris connections, a flood of starts on one
 //! account, racing starts at `max_sessions`, and one account filling its own
 //! record bound. In each, the other players keep being served.

@@ -1,4 +1,4 @@
-//! SPEC §4 over real HTTP against the real server in this process (dev
+//! docs/spec.md §4 over real HTTP against the real server in this process (dev
 //! mode): every endpoint, every status and error body, session views,
 //! CORS, browser-sized requests, pipelining and the operator endpoints.
 
@@ -290,7 +290,7 @@ fn list_shows_live_sessions_oldest_first() {
 }
 
 /// Long display fields are shortened inside the token, never refused.
-/// (At SPEC §2's maxima for sub, group and device together no 512-byte
+/// (At docs/spec.md §2's maxima for sub, group and device together no 512-byte
 /// token can hold them; see the test report.)
 #[test]
 fn long_display_fields_still_give_a_token_within_512_bytes() {

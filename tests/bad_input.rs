@@ -1,4 +1,4 @@
-//! SPEC §4 "a malformed request never crashes the server, never disturbs
+//! docs/spec.md §4 "a malformed request never crashes the server, never disturbs
 //! another user's sessions": hostile bytes, broken framing, oversized heads
 //! and bodies, forged and expired credentials. After each, a victim user's
 //! session (started beforehand) must still heartbeat and the server must

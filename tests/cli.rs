@@ -1,4 +1,4 @@
-//! SPEC §8 tools: `streamcap keygen` prints a key, `streamcap mint` prints
+//! docs/spec.md §8 tools: `streamcap keygen` prints a key, `streamcap mint` prints
 //! grants the server accepts.
 
 mod common;

@@ -77,7 +77,7 @@ fn what_mint_signs_verifies_back() {
 }
 
 /// Found by `lease_token` (round trip: an empty label read back as absent).
-/// A grant's `label` (or `content`) may be an empty string (SPEC §2: "≤ 64
+/// A grant's `label` (or `content`) may be an empty string (docs/spec.md §2: "≤ 64
 /// bytes"). The node that started the session listed it as `""`, but the
 /// token reads a zero-length string as absent, so once the session was
 /// healed on another node or after a restart it was listed as `null`.

@@ -1,4 +1,4 @@
-//! SPEC §6 healing and §3/§8 keys with the real binary: sessions survive a
+//! docs/spec.md §6 healing and §3/§8 keys with the real binary: sessions survive a
 //! SIGKILL and restart because the tokens carry them; the §6 example end to
 //! end; server key rotation across restarts; tenant key rotation; SIGTERM
 //! finishes in-flight requests and exits 0.
@@ -77,7 +77,7 @@ fn sessions_survive_sigkill_and_restart() {
     assert_eq!(metric(&metrics_text(second.admin), "streamcap_heartbeats_healed_total"), Some(4.0));
 }
 
-/// SPEC §6: limit 5, reject_new. Streams 1–5 play; all state is lost;
+/// docs/spec.md §6: limit 5, reject_new. Streams 1–5 play; all state is lost;
 /// stream 6 starts; 1–4 heartbeat and are rebuilt; 5 heartbeats: 6 is the
 /// latest-started and is stopped; 6's next heartbeat gets 410.
 #[test]

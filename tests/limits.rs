@@ -1,6 +1,6 @@
 //! Bounds that need time or many connections: atomic admission under
-//! parallel starts, expiry (SPEC §7), the head and idle timeouts and the
-//! connection cap (SPEC §4 "Limits every connection gets").
+//! parallel starts, expiry (docs/spec.md §7), the head and idle timeouts and the
+//! connection cap (docs/spec.md §4 "Limits every connection gets").
 
 mod common;
 

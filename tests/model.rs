@@ -1,4 +1,4 @@
-//! Model-based property test of the core service (SPEC §5–7).
+//! Model-based property test of the core service (docs/spec.md §5–7).
 //!
 //! Generated sequences of operations drive the real [`Limiter`] (grants,
 //! lease tokens, healing and the store all take part) across 2–4 users of the
@@ -20,7 +20,7 @@
 //! sessions); `200` (new expiry), `410` (reason and who caused it) or `401`;
 //! the live sessions and `active` of every list, after every operation; and
 //! the live count of a sweep. The model keeps a stopped session's tombstone
-//! for as long as any of its tokens is accepted (SPEC §6: "remembered until
+//! for as long as any of its tokens is accepted (docs/spec.md §6: "remembered until
 //! its last token would have expired").
 //!
 //! # Properties
@@ -69,7 +69,7 @@
 //! - **P4, no valid stream is refused without cause** ([`World::beat`]). A
 //!   heartbeat with a token not past its expiry, of a session no answer has
 //!   shown stopped since the last loss, gets `200`, or `410 limit_exceeded`
-//!   from its own re-validation only where SPEC §6 allows it: since the last
+//!   from its own re-validation only where docs/spec.md §6 allows it: since the last
 //!   loss the node rebuilt one of the user's sessions (after the loss, or a
 //!   lapsed one back within its token's leeway: the §6 example), or the
 //!   user's admitted grants disagreed on limit, policy or a group's limit.
@@ -118,7 +118,7 @@ const DEFAULT_CASES: u32 = 800;
 const MAX_OPS: usize = 80;
 /// The first instant of every case (Unix ms).
 const T0: u64 = 1_700_000_000_000;
-/// SPEC §3: a lease token is accepted until its expiry plus at most 5 s.
+/// docs/spec.md §3: a lease token is accepted until its expiry plus at most 5 s.
 /// The model uses the implementation's choice, the full 5 s.
 const LEEWAY: u64 = 5_000;
 const GROUPS: [&str; 2] = ["g0", "g1"];
@@ -331,12 +331,12 @@ struct Rec {
 }
 
 /// The node: every record it holds. Stopped records stay for good (their
-/// tokens all expire before the test could tell the difference, SPEC §6);
+/// tokens all expire before the test could tell the difference, docs/spec.md §6);
 /// a loss clears everything.
 #[derive(Clone, Debug)]
 struct Model {
     recs: Vec<Rec>,
-    /// Token lifetime in polls (SPEC §1 ttl).
+    /// Token lifetime in polls (docs/spec.md §1 ttl).
     ttl_factor: u64,
 }
 
@@ -366,7 +366,7 @@ impl Model {
         self.recs.iter().position(|r| r.user == user && ss[r.sess].id == id)
     }
 
-    /// Live: not stopped and not expired (SPEC §1, §7: it stops counting at its expiry).
+    /// Live: not stopped and not expired (docs/spec.md §1, §7: it stops counting at its expiry).
     fn is_live(&self, i: usize, now: u64) -> bool {
         self.recs[i].stopped.is_none() && self.recs[i].expires > now
     }
@@ -408,7 +408,7 @@ impl Model {
         recs.iter().map(|&i| ss[self.recs[i].sess].id).collect()
     }
 
-    /// SPEC §5. `new` is the admitted session (index, id) if the node said
+    /// docs/spec.md §5. `new` is the admitted session (index, id) if the node said
     /// 201; the model commits only then, and only if it admits too.
     fn start(
         &mut self,
@@ -484,7 +484,7 @@ impl Model {
         }
     }
 
-    /// SPEC §6, for session `s` presenting a token that expires at `tok_exp`.
+    /// docs/spec.md §6, for session `s` presenting a token that expires at `tok_exp`.
     fn heartbeat(&mut self, ss: &[Sess], s: usize, tok_exp: u64, now: u64) -> BeatOut {
         let ttl = self.ttl(&ss[s].claims);
         if now > tok_exp + LEEWAY {
@@ -522,7 +522,7 @@ impl Model {
         BeatOut::Renewed { expires: now + ttl }
     }
 
-    /// SPEC §4 stop, under `path_user`: the session's own token (`Ended`) or a grant (`Kicked`).
+    /// docs/spec.md §4 stop, under `path_user`: the session's own token (`Ended`) or a grant (`Kicked`).
     fn stop_session(&mut self, ss: &[Sess], path_user: usize, s: usize, reason: StopReason, by: By) {
         match self.find(ss, path_user, ss[s].id) {
             Some(i) => self.stop(i, reason, by),
@@ -877,7 +877,7 @@ impl World {
         ensure!(self, actual == expected, "start: node answered {actual:?}, model expected {expected:?}");
 
         if let Some(s) = new_idx {
-            // The token carries the session (SPEC §3).
+            // The token carries the session (docs/spec.md §3).
             let token = self.sessions[s].latest().0.clone();
             let lease = match Lease::verify(&token, &self.settings.server_keys, self.now) {
                 Ok(l) => l,
@@ -1083,7 +1083,7 @@ impl World {
             );
         }
         // P4: a valid token of a session nobody stopped gets 200, or a
-        // legitimate limit_exceeded (SPEC §6 re-validation) when the node
+        // legitimate limit_exceeded (docs/spec.md §6 re-validation) when the node
         // holds sessions it did not admit or grants disagreed on limits.
         if !seen_stopped && self.now <= tok_exp {
             count(P4, 1);
@@ -1416,7 +1416,7 @@ fn assert_stopped(answer: Result<String, Error>, reason: StopReason, what: &str)
     }
 }
 
-/// Disagreement 1 (SPEC §3 and §6). A stopped session's tombstone is
+/// Disagreement 1 (docs/spec.md §3 and §6). A stopped session's tombstone is
 /// dropped at the very millisecond its last token is still accepted: tokens
 /// are accepted while `now <= expiry + 5 s`, tombstones are dropped once
 /// `until <= now` with `until = expiry + 5 s`. A heartbeat at exactly that
@@ -1427,12 +1427,12 @@ fn stopped_session_is_not_rebuilt_at_the_last_accepted_millisecond() {
     let (id, token) = f.start(1, "reject_new", T0);
     f.limiter.stop("alice", id, &token, T0).expect("204");
     let last = T0 + 3_000 + LEEWAY; // the token's expiry plus leeway
-    assert!(f.accepted(&token, last), "SPEC §3: the token is still accepted");
+    assert!(f.accepted(&token, last), "docs/spec.md §3: the token is still accepted");
     f.limiter.sweep(last);
     assert_stopped(f.beat(id, &token, last), StopReason::Ended, "heartbeat of a stopped session");
 }
 
-/// Disagreement 2 (SPEC §3 and §6). A player whose session lapsed (or a node
+/// Disagreement 2 (docs/spec.md §3 and §6). A player whose session lapsed (or a node
 /// that lost its state) stops it with an older, still accepted token. The
 /// tombstone is kept only as long as *that* token, not the newest one the
 /// session holds, so after it is swept the newest token rebuilds the session
@@ -1449,7 +1449,7 @@ fn session_stopped_with_an_older_token_is_not_rebuilt_by_a_newer_one() {
     assert_stopped(f.beat(id, &t2, T0 + 9_000), StopReason::Ended, "heartbeat after the stop");
 }
 
-/// Disagreement 3 (SPEC §6). After a loss, a session heals with an older
+/// Disagreement 3 (docs/spec.md §6). After a loss, a session heals with an older
 /// token and loses re-validation (`410 limit_exceeded`). Its tombstone
 /// lasts as long as that older token, so the session's newer token rebuilds
 /// it once the tombstone is swept, though no state was lost since.

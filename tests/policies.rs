@@ -1,4 +1,4 @@
-//! SPEC §5 admission policies end to end: `reject_new`, `evict_oldest`
+//! docs/spec.md §5 admission policies end to end: `reject_new`, `evict_oldest`
 //! (the Brightcove story), `reject_new_device`, and group limits under
 //! eviction.
 

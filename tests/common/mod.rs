@@ -121,7 +121,7 @@ impl Response {
         if self.body.is_empty() { Value::Null } else { self.json() }
     }
 
-    /// Asserts a SPEC §4 error: the status, a JSON content type and
+    /// Asserts a docs/spec.md §4 error: the status, a JSON content type and
     /// `{"error": code, "message": "<text>"}`. Returns the body.
     #[track_caller]
     pub fn expect_error(&self, status: u16, code: &str) -> Value {
@@ -529,7 +529,7 @@ impl Drop for TempDir {
     }
 }
 
-/// Writes a SPEC §8 config file: `server_keys` as (kid, hex) with the first
+/// Writes a docs/spec.md §8 config file: `server_keys` as (kid, hex) with the first
 /// signing, one tenant `acme` with `tenant_keys`, plus `extra` top-level lines.
 pub fn write_config(path: &Path, server_keys: &[(&str, &str)], tenant_keys: &[(&str, &str)], extra: &str) {
     let mut text = format!("{extra}\n");
