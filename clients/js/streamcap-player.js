@@ -18,7 +18,11 @@
 //   until the lease's `expires_at`, then stops (reason `expired`);
 // - on 410 / 401 / 403: stops for good and reports `reason` and `by`;
 // - stop() at the end, and on `pagehide` with `fetch(..., {keepalive: true})`;
-// - kick(sessionId): stops another session of the same user with the grant.
+// - kick(sessionId): stops another session of the same user with the grant;
+// - the licence gate: licenceUrl(system) and licenceAnswer(answer), where a
+//   licence answer that renews the lease counts as a heartbeat, and
+//   attachShaka(player, shakaPlayer) that routes a Shaka Player's licence
+//   requests through the gate with the lease and stops playback on 410/401/403.
 
 /** @typedef {'idle'|'starting'|'playing'|'retrying'|'refused'|'error'|'stopping'|'stopped'} PlayerState */
 
@@ -81,7 +85,8 @@ const ACTIVE = new Set(['starting', 'playing', 'retrying', 'stopping']);
  * - `started` {@link StartResult}: a 201;
  * - `refused` {@link StartResult}: a 409, with `sessions`, `limit`, `active`;
  * - `error` {@link StartResult}: a start that failed otherwise (401, 403, 5xx, network…);
- * - `heartbeat` `{sessionId, pollAfter, expiresAt, recovered}`: a 200;
+ * - `heartbeat` `{sessionId, pollAfter, expiresAt, recovered, via}`: the lease was renewed, by a heartbeat
+ *   (`via: 'heartbeat'`) or by a licence request through the gate (`via: 'licence'`);
  * - `retry` `{attempt, status, error, delayMs, expiresAt}`: a heartbeat failed transiently;
  * - `schedule` `{at, inMs, kind}`: the next heartbeat (`kind` `heartbeat` or `retry`) is due at `at` (ms, local clock);
  * - `stopped` {@link StopInfo}: the session ended, for whatever reason.
@@ -326,6 +331,67 @@ export class StreamcapPlayer {
     return { ok: false, status: res.status, ...this.#errorOf(res) };
   }
 
+  /**
+   * The licence gate's URL for this session and a DRM system (docs/spec.md,
+   * the licence route): `POST {baseUrl}/v1/users/{user}/sessions/{session}/licence/{system}`
+   * with `Authorization: Bearer <token>` (the newest {@link StreamcapPlayer#token}).
+   * @param {'widevine'|'playready'|'fairplay'|'clearkey'} system
+   * @returns {string|null} null while there is no session
+   */
+  licenceUrl(system) {
+    if (!this.sessionId) return null;
+    return `${this.#userPath()}/sessions/${encodeURIComponent(this.sessionId)}/licence/${encodeURIComponent(system)}`;
+  }
+
+  /**
+   * Takes the answer to a licence request that went through the gate (a DRM
+   * player's licence request, sent to {@link StreamcapPlayer#licenceUrl}).
+   * The gate judges a licence request exactly as a heartbeat, so:
+   * - an answer carrying `Streamcap-Token` (with `Streamcap-Expires-At` and
+   *   `Streamcap-Poll-After`) renews the lease: the module keeps the token and
+   *   counts it as this poll's heartbeat (the next heartbeat is due a poll
+   *   later). The gate sends them with every forwarded answer and with its
+   *   own 502/504 (the upstream failed, the lease was renewed all the same);
+   * - 410, 401 and 403 end the session as they do for a heartbeat (`stopped`
+   *   with the server's `reason` and `by`);
+   * - anything else (a 404 for a system the tenant has no upstream for, a 5xx
+   *   without the headers) leaves the session and its heartbeats as they are.
+   * In a browser the headers are readable because the gate lists them in
+   * `Access-Control-Expose-Headers`.
+   * @param {object} answer
+   * @param {number} answer.status the HTTP status
+   * @param {Headers | Record<string, string> | ((name: string) => string|null|undefined)} [answer.headers]
+   *   response headers: a `Headers`, an object (any case of names) or a getter
+   * @param {string|object|null} [answer.body] the body (text or parsed JSON), used for 410's `reason` and `by`
+   * @returns {'renewed'|'stopped'|'ignored'} what it did; `ignored` also when no session is playing
+   */
+  licenceAnswer({ status, headers, body } = {}) {
+    if (this.state !== 'playing' && this.state !== 'retrying') return 'ignored';
+    const get = headerGetter(headers);
+    const token = get('streamcap-token');
+    if (token) {
+      const expiresAt = Number(get('streamcap-expires-at'));
+      const pollAfter = Number(get('streamcap-poll-after'));
+      if (Number.isFinite(expiresAt) && expiresAt > 0) {
+        this.#renewed(this.#gen, { token: token.trim(), expires_at: expiresAt, poll_after: pollAfter }, 'licence');
+        return 'renewed';
+      }
+    }
+    if (DEFINITIVE.has(status)) {
+      let b = body;
+      if (typeof b === 'string') {
+        try {
+          b = JSON.parse(b);
+        } catch {
+          b = null;
+        }
+      }
+      this.#stoppedBy(status, b && typeof b === 'object' ? b : {});
+      return 'stopped';
+    }
+    return 'ignored';
+  }
+
   /** Stops listening for `pagehide` and abandons any session loop without telling the server. */
   dispose() {
     this.#gen++;
@@ -360,24 +426,35 @@ export class StreamcapPlayer {
     const b = res.body ?? {};
 
     if (res.status === 200 && b.token) {
-      const recovered = this.state === 'retrying';
-      this.#attempt = 0;
-      this.#renew(b);
-      if (recovered) this.#setState('playing');
-      this.#emit('heartbeat', { sessionId: this.sessionId, pollAfter: this.pollAfter, expiresAt: this.expiresAt, recovered });
-      this.#scheduleBeat(gen, this.#jittered(this.pollAfter * 1000), 'heartbeat');
+      this.#renewed(gen, b, 'heartbeat');
       return;
     }
     if (DEFINITIVE.has(res.status)) {
-      const reason = DEFINITIVE.get(res.status) ?? b.reason ?? b.error ?? 'stopped';
-      this.#gen++;
-      this.#finish({
-        reason, by: b.by ?? null, status: res.status, local: false,
-        error: b.error, message: b.message,
-      });
+      this.#stoppedBy(res.status, b);
       return;
     }
     this.#retry(gen, res);
+  }
+
+  // A renewed lease, from a heartbeat or a licence answer: keep its token and
+  // count it as this poll's heartbeat (the next one is due a poll from now).
+  #renewed(gen, b, via) {
+    const recovered = this.state === 'retrying';
+    this.#attempt = 0;
+    this.#renew(b);
+    if (recovered) this.#setState('playing');
+    this.#emit('heartbeat', { sessionId: this.sessionId, pollAfter: this.pollAfter, expiresAt: this.expiresAt, recovered, via });
+    this.#scheduleBeat(gen, this.#jittered(this.pollAfter * 1000), 'heartbeat');
+  }
+
+  // 410 / 401 / 403: the session is over for good.
+  #stoppedBy(status, b) {
+    const reason = DEFINITIVE.get(status) ?? b.reason ?? b.error ?? 'stopped';
+    this.#gen++;
+    this.#finish({
+      reason, by: b.by ?? null, status, local: false,
+      error: b.error, message: b.message,
+    });
   }
 
   // A network error, a timeout, a 5xx or anything not definitive: keep
@@ -531,6 +608,138 @@ export class StreamcapPlayer {
       }
     }
   }
+}
+
+function headerGetter(headers) {
+  if (!headers) return () => null;
+  if (typeof headers === 'function') return (n) => headers(n) ?? null;
+  if (typeof headers.get === 'function') return (n) => headers.get(n);
+  const lower = new Map(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+  return (n) => lower.get(n.toLowerCase()) ?? null;
+}
+
+/** EME key systems and the gate's names for them. */
+export const KEY_SYSTEMS = Object.freeze({
+  'org.w3.clearkey': 'clearkey',
+  'com.widevine.alpha': 'widevine',
+  'com.microsoft.playready': 'playready',
+  'com.microsoft.playready.recommendation': 'playready',
+  'com.apple.fps': 'fairplay',
+  'com.apple.fps.1_0': 'fairplay',
+});
+
+/**
+ * Puts a Shaka Player's licence requests through the streamcap licence gate.
+ *
+ *   const shakaPlayer = new shaka.Player();
+ *   await shakaPlayer.attach(video);
+ *   const detach = attachShaka(streamcap, shakaPlayer);
+ *   if ((await streamcap.start()).ok) await shakaPlayer.load(manifestUri);
+ *
+ * - Configures `drm.servers` for the given key systems to the gate (their
+ *   licence requests go to {@link StreamcapPlayer#licenceUrl} of the current
+ *   session, with `Authorization: Bearer <newest lease token>`); the vendor's
+ *   own licence URL and credentials live in the gate's configuration.
+ * - Takes the renewed lease from every licence answer
+ *   ({@link StreamcapPlayer#licenceAnswer}): licence requests count as
+ *   heartbeats, so with licence requests at least once a poll (key rotation,
+ *   licence renewals) the module sends no separate heartbeat.
+ * - On 410, 401 or 403 from the gate: no retry, the session stops and
+ *   `onStopped` runs (default: `shakaPlayer.unload()`, which stops playback and
+ *   drops the keys). Also when the session stops otherwise (a heartbeat's 410,
+ *   the lease ran out).
+ * - Without a session (never started, refused, stopped) a licence request is
+ *   not sent at all: Shaka reports REQUEST_FILTER_ERROR.
+ * - When the media element ends, the session is stopped (`stopOnEnded`).
+ *
+ * Start the session before `load()`: the first licence request needs the lease.
+ * Call it after `attach()` (it uses the player's networking engine).
+ *
+ * @param {StreamcapPlayer} streamcap
+ * @param {object} shakaPlayer a `shaka.Player` (Shaka Player 4 or 5)
+ * @param {object} [options]
+ * @param {string[]} [options.keySystems] key systems to send through the gate
+ *   (default: every one in {@link KEY_SYSTEMS})
+ * @param {(info: StopInfo) => void} [options.onStopped] how to stop playback when the
+ *   session ends for any reason but this player's own stop(); default `shakaPlayer.unload()`
+ * @param {boolean} [options.stopOnEnded=true] stop the session when the media element fires `ended`
+ * @param {object} [options.shaka] the `shaka` namespace (default `globalThis.shaka`), for the request type constant
+ * @returns {() => void} detach: removes the filters and listeners
+ */
+export function attachShaka(streamcap, shakaPlayer, options = {}) {
+  const net = shakaPlayer?.getNetworkingEngine?.();
+  if (!net) throw new TypeError('attachShaka needs a shaka.Player with a networking engine (call it after attach())');
+  const ns = options.shaka ?? globalThis.shaka;
+  const LICENSE = ns?.net?.NetworkingEngine?.RequestType?.LICENSE ?? 2;
+  const BAD_HTTP_STATUS = ns?.util?.Error?.Code?.BAD_HTTP_STATUS ?? 1001;
+  const keySystems = options.keySystems ?? Object.keys(KEY_SYSTEMS);
+  const onStopped = options.onStopped ?? (() => shakaPlayer.unload());
+  const stopOnEnded = options.stopOnEnded ?? true;
+
+  const systemOf = (request) => KEY_SYSTEMS[request?.drmInfo?.keySystem] ?? KEY_SYSTEMS[keySystems[0]] ?? 'clearkey';
+  const gatePrefix = (url) => {
+    const sys = url.split('/').pop();
+    const probe = streamcap.licenceUrl(sys);
+    return probe !== null && url === probe;
+  };
+
+  // Shaka picks a key system only if it has a server: point them at the gate.
+  // The request filter puts in the current session's URL and token.
+  const servers = {};
+  for (const ks of keySystems) {
+    const system = KEY_SYSTEMS[ks];
+    if (system) servers[ks] = streamcap.licenceUrl(system) ?? `streamcap:licence/${system}`;
+  }
+  shakaPlayer.configure({ drm: { servers } });
+
+  const requestFilter = (type, request) => {
+    if (type !== LICENSE) return;
+    const url = streamcap.licenceUrl(systemOf(request));
+    if (!url || !streamcap.token || (streamcap.state !== 'playing' && streamcap.state !== 'retrying')) {
+      throw new Error(`streamcap: no session to request a licence with (state ${streamcap.state})`);
+    }
+    request.uris = [url];
+    request.headers = { ...request.headers, Authorization: `Bearer ${streamcap.token}` };
+  };
+  const responseFilter = (type, response) => {
+    if (type !== LICENSE || !gatePrefix(response.originalUri ?? response.uri)) return;
+    streamcap.licenceAnswer({ status: response.status ?? 200, headers: response.headers });
+  };
+  // A failed request: Shaka's networking engine fires a cancelable `retry`
+  // with the error, whose data are [uri, status, text, headers, type].
+  const onRetry = (event) => {
+    const e = event.error;
+    if (!e || e.code !== BAD_HTTP_STATUS || e.data?.[4] !== LICENSE || !gatePrefix(String(e.data[0]))) return;
+    const status = Number(e.data[1]);
+    streamcap.licenceAnswer({ status, headers: e.data[3] ?? {}, body: e.data[2] ?? null });
+    if (DEFINITIVE.has(status)) event.preventDefault(); // retrying cannot help
+  };
+  const offStopped = streamcap.on('stopped', (info) => {
+    if (info.local && info.reason === 'ended') return; // this player's own stop(): the app decides
+    try {
+      const r = onStopped(info);
+      if (r && typeof r.catch === 'function') r.catch(() => {});
+    } catch (err) {
+      console.error('streamcap-player: onStopped threw', err);
+    }
+  });
+  const media = shakaPlayer.getMediaElement?.() ?? null;
+  const onEnded = () => {
+    if (streamcap.state === 'playing' || streamcap.state === 'retrying') streamcap.stop();
+  };
+
+  net.registerRequestFilter(requestFilter);
+  net.registerResponseFilter(responseFilter);
+  net.addEventListener('retry', onRetry);
+  if (media && stopOnEnded) media.addEventListener('ended', onEnded);
+
+  return () => {
+    net.unregisterRequestFilter(requestFilter);
+    net.unregisterResponseFilter(responseFilter);
+    net.removeEventListener('retry', onRetry);
+    offStopped();
+    if (media && stopOnEnded) media.removeEventListener('ended', onEnded);
+  };
 }
 
 export default StreamcapPlayer;
