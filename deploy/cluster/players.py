@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Simulated streamcap players for the cluster test (deploy/cluster-test.sh).
 
-Python 3 standard library only: asyncio with raw sockets and a small pool of
-keep-alive HTTP/1.1 connections to the load balancer (players share the
-connections, as players behind one CDN edge would). Every player behaves as
-SPEC.md asks:
+Python 3 standard library only. The players are the simulator shared with
+the chaos test (loadtest/players/streamcap_players.py): they share a small
+pool of keep-alive HTTP/1.1 connections to the load balancer, as players
+behind one CDN edge would, and behave as the README's "How a player must
+behave" asks:
 
   201/200      keep playing, use the new token next time, next heartbeat in
                poll_after seconds (+-10 % jitter)
@@ -48,75 +49,17 @@ limit_exceeded. Exit status 1 when a check fails.
 import argparse
 import asyncio
 import json
+import os
 import random
 import socket
 import sys
 import time
 from collections import Counter, defaultdict
 
-# ---------------------------------------------------------------- HTTP client
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "loadtest", "players"))
+from streamcap_players import NetError, Player, Pool, Population, json_of, scrape  # noqa: E402
 
-
-class NetError(Exception):
-    pass
-
-
-class Pool:
-    """Keep-alive HTTP/1.1 connections to one host:port, shared by many players."""
-
-    def __init__(self, hostport, size, timeout=5.0):
-        host, port = hostport.rsplit(":", 1)
-        self.host, self.port, self.timeout = host, int(port), timeout
-        self.idle = asyncio.Queue()
-        for _ in range(size):
-            self.idle.put_nowait(None)  # a slot; connected on first use
-
-    async def request(self, method, path, bearer=None):
-        conn = await self.idle.get()
-        try:
-            if conn is None:
-                conn = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 2.0)
-            reader, writer = conn
-            head = f"{method} {path} HTTP/1.1\r\nHost: streamcap\r\n"
-            if bearer:
-                head += f"Authorization: Bearer {bearer}\r\n"
-            if method in ("POST",):
-                head += "Content-Length: 0\r\n"
-            writer.write((head + "\r\n").encode())
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
-            lines = raw.decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            headers = {}
-            for line in lines[1:]:
-                if ":" in line:
-                    k, v = line.split(":", 1)
-                    headers[k.strip().lower()] = v.strip()
-            n = int(headers.get("content-length", "0"))
-            body = await asyncio.wait_for(reader.readexactly(n), self.timeout) if n else b""
-            if headers.get("connection", "").lower() == "close":
-                writer.close()
-                conn = None
-            return status, headers, body
-        except (OSError, EOFError, ValueError, IndexError, asyncio.TimeoutError,
-                asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
-            if conn is not None:
-                conn[1].close()
-            conn = None
-            raise NetError(type(e).__name__) from None
-        finally:
-            self.idle.put_nowait(conn)
-
-
-async def scrape(hostport):
-    """Parse a node's /metrics into {sample_name{labels}: value}."""
-    pool = Pool(hostport, 1)
-    status, _, body = await pool.request("GET", "/metrics")
-    out = {}
-    for line in body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+# ------------------------------------------------------------------ HAProxy
 
 
 def haproxy_cmd(sock_path, cmd):
@@ -164,24 +107,13 @@ class Stats:
         self.by_phase[self.phase][key] += n
 
 
-class Player:
-    __slots__ = ("user", "grant", "kind", "limit", "sid", "token", "expires_at", "poll",
-                 "state", "reason", "started_at", "phase_started", "nodes")
+class Sim(Population):
+    """The players (a Population: the shared simulator) behind the load
+    balancer, the events, and the checks."""
 
-    def __init__(self, user, grant, kind, limit):
-        self.user, self.grant, self.kind, self.limit = user, grant, kind, limit
-        self.sid = self.token = None
-        self.expires_at = 0
-        self.poll = 2
-        self.state = "new"  # new, playing, refused, stopped, lost, start_failed, ended
-        self.reason = None
-        self.nodes = []
-
-
-class Sim:
     def __init__(self, args):
+        super().__init__(Pool.of(args.lb, args.connections, timeout=5.0), backoff_max=1.0)
         self.args = args
-        self.lb = Pool(args.lb, args.connections)
         self.nodes = {}  # name -> (api, admin)
         for spec in args.node:
             name, rest = spec.split("=", 1)
@@ -192,7 +124,6 @@ class Sim:
         self.stats = Stats()
         self.players = []
         self.tasks = []
-        self.running = True
         self.route_flaps = Counter()  # phase -> users whose requests went back to a node they had left
         self.last_node = {}
         self.left_nodes = defaultdict(set)
@@ -215,120 +146,55 @@ class Sim:
                 self.left_nodes[user].add(last)
             self.last_node[user] = node
 
-    # --------------------------------------------------------------- player
-    async def start(self, p):
+    # ------------------------------------------------ counting, by phase
+    # The simulator's hooks see every request the players make.
+    OPS = {"start": "start", "heartbeat": "hb", "stop": "stop"}
+
+    def on_answer(self, p, op, status, headers, seconds):
         st = self.stats
-        st.add("starts")
-        p.started_at = time.time()
-        p.phase_started = st.phase
-        path = f"/v1/users/{p.user}/sessions"
-        for attempt in range(3):
-            try:
-                status, headers, body = await self.lb.request("POST", path, p.grant)
-            except NetError:
-                st.add("net_errors")
-                st.add("start_retries")
-                await asyncio.sleep(0.3)
-                continue
-            st.add(f"start_{status}")
+        if op in self.OPS:
+            st.add(f"{self.OPS[op]}_{status}")
+        if op in ("start", "heartbeat"):
             self.note_node(p.user, headers)
-            if status == 201:
-                d = json.loads(body)
-                p.sid, p.token, p.poll = d["session_id"], d["token"], d["poll_after"]
-                p.expires_at = d["expires_at"]
-                p.state = "playing"
-                self.tasks.append(asyncio.ensure_future(self.beat(p)))
-                return status
-            if status == 409:
-                p.state = "refused"
-                return status
-            if status >= 500:
-                st.add("http_5xx")
-                st.add("start_retries")
-                await asyncio.sleep(0.3)
-                continue
-            p.state = "start_failed"
-            p.reason = f"start {status}"
-            return status
-        p.state = "start_failed"
-        p.reason = "start: no answer"
-        return None
+        if op == "heartbeat":
+            st.lat(seconds)
+            if seconds > 1.0:
+                self.slow.append((st.phase, round(time.time() - seconds - self.t_origin, 2), round(seconds * 1000),
+                                  headers.get("x-streamcap-node"), status))
+        if status >= 500:
+            self.stats.add("http_5xx")
 
-    async def beat(self, p):
-        st = self.stats
-        while self.running and p.state == "playing":
-            await asyncio.sleep(p.poll * random.uniform(0.9, 1.1))
-            if not self.running:
-                return
-            path = f"/v1/users/{p.user}/sessions/{p.sid}/heartbeat"
-            backoff = 0.25
-            first = True
-            while self.running:
-                if not first:
-                    st.add("hb_retries")
-                first = False
-                t = time.time()
-                try:
-                    status, headers, body = await self.lb.request("POST", path, p.token)
-                    st.lat(time.time() - t)
-                    if time.time() - t > 1.0:
-                        self.slow.append((st.phase, round(t - self.t_origin, 2), round((time.time() - t) * 1000),
-                                          headers.get("x-streamcap-node"), status))
-                except NetError as e:
-                    st.add("net_errors")
-                    st.add(f"net_{e}")
-                    status = None
-                if status is not None:
-                    st.add(f"hb_{status}")
-                    self.note_node(p.user, headers)
-                if status == 200:
-                    d = json.loads(body)
-                    p.token, p.poll, p.expires_at = d["token"], d["poll_after"], d["expires_at"]
-                    break
-                if status in (410, 401, 403):
-                    reason = status
-                    try:
-                        reason = json.loads(body).get("reason") or json.loads(body).get("error")
-                    except ValueError:
-                        pass
-                    self.stop_player(p, "stopped", f"{status} {reason}")
-                    return
-                if status is not None and status < 500:
-                    self.stop_player(p, "stopped", f"{status} unexpected")
-                    return
-                if status is not None:
-                    st.add("http_5xx")
-                if time.time() >= p.expires_at:
-                    self.stop_player(p, "lost", "expired while retrying")
-                    return
-                await asyncio.sleep(min(backoff, max(0.0, p.expires_at - time.time())))
-                backoff = min(backoff * 2, 1.0)
+    def on_net_error(self, p, op, kind):
+        self.stats.add("net_errors")
+        if op in ("start", "heartbeat"):
+            self.stats.add(f"net_{kind}")
 
-    def stop_player(self, p, state, reason):
-        p.state, p.reason = state, reason
-        if state == "stopped":
+    def on_retry(self, p, op):
+        self.stats.add({"start": "start_retries", "heartbeat": "hb_retries"}.get(op, "other_retries"))
+
+    def on_stopped(self, p):
+        if p.state == "stopped":
             self.stopped_sids.add(p.sid)
         st = self.stats
-        expected = p.kind == "extra" and reason == "410 limit_exceeded"
+        expected = p.kind == "extra" and p.reason == "410 limit_exceeded"
         st.add("expected_stops" if expected else "wrong_stops")
         if not expected:
-            print(f"  WRONG STOP: {p.kind} player of {p.user} ({p.sid}): {reason} "
-                  f"[phase {st.phase}]", file=sys.stderr)
+            print(f"  WRONG STOP: {p.kind} player of {p.user} ({p.sid}): {p.reason} "
+                  f"({p.detail}) [phase {st.phase}]", file=sys.stderr)
 
-    async def end_player(self, p):
-        if p.state != "playing":
-            return
-        p.state = "ended"
-        try:
-            status, _, _ = await self.lb.request("DELETE", f"/v1/users/{p.user}/sessions/{p.sid}", p.token)
-            self.stats.add(f"stop_{status}")
-        except NetError:
-            self.stats.add("net_errors")
+    async def begin(self, p):
+        """Starts p through the load balancer (3 tries on a net error or 5xx);
+        once admitted, it heartbeats in a task of its own."""
+        self.stats.add("starts")
+        status = await self.start(p, attempts=3)
+        if p.state == "playing":
+            self.tasks.append(asyncio.ensure_future(self.keep_playing(p)))
+        return status
 
     # ------------------------------------------------------------- checks
-    def pool(self, api):
+    def node_pool(self, api):
         if api not in self.direct:
-            self.direct[api] = Pool(api, 8)
+            self.direct[api] = Pool.of(api, 8, timeout=5.0)
         return self.direct[api]
 
     def alive_nodes(self):
@@ -346,7 +212,7 @@ class Sim:
             async with sem:
                 for _ in range(3):
                     try:
-                        status, _, body = await self.pool(api).request("GET", f"/v1/users/{user}/sessions", grants[user])
+                        status, _, body = await self.node_pool(api).request("GET", f"/v1/users/{user}/sessions", grants[user])
                         break
                     except NetError:
                         await asyncio.sleep(0.1)
@@ -354,7 +220,7 @@ class Sim:
                     raise RuntimeError(f"list of {user} on {node} failed")
                 if status != 200:
                     raise RuntimeError(f"list of {user} on {node}: {status}")
-                out[user][node] = [s["session_id"] for s in json.loads(body)["sessions"]]
+                out[user][node] = [s["session_id"] for s in json_of(body)["sessions"]]
 
         await asyncio.gather(*(one(u, n, api) for u in users for n, (api, _) in self.alive_nodes().items()))
         return out
@@ -447,7 +313,7 @@ class Sim:
     async def extras(self, over_users, n):
         ps = [Player(u, g, "extra", lim) for (u, g, lim) in over_users for _ in range(n)]
         self.players.extend(ps)
-        res = await asyncio.gather(*(self.start(p) for p in ps))
+        res = await asyncio.gather(*(self.begin(p) for p in ps))
         return Counter(res)
 
     async def hook(self, cmd):
@@ -491,7 +357,7 @@ class Sim:
             delay = t0 + i * step - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            starters.append(asyncio.ensure_future(self.start(p)))
+            starters.append(asyncio.ensure_future(self.begin(p)))
         await asyncio.gather(*starters)
         ramp_extra = await self.extras(over_users, 1)
         self.checks.append(("ramp: a user at its limit is refused a further start (409)",
@@ -569,7 +435,7 @@ class Sim:
         # end
         self.stats.phase = "end"
         self.running = False
-        await asyncio.gather(*(self.end_player(p) for p in self.players))
+        await asyncio.gather(*(self.end(p) for p in self.players))
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -17,11 +17,12 @@ Who plays:
               stopped with limit_exceeded and must learn it at its next
               heartbeat; a 409 is fine too (the incumbents healed first).
 
-How players behave (README "How a player must behave"):
+How players behave: as the README's "How a player must behave" asks, by the
+simulator shared with the cluster test (loadtest/players/streamcap_players.py):
   200/201     keep playing with the new token, next heartbeat in poll_after
               seconds (+-10 % jitter)
   410/401/403 stop for good
-  net error / 5xx   retry with the same token every RETRY s until
+  net error / 5xx   retry with the same token every 0.25 s until
               expires_at; then the session is lost
 
 Each round: wait a random moment, SIGKILL the server, stay down a random
@@ -47,73 +48,17 @@ import subprocess
 import sys
 import time
 
-RETRY = 0.25
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "players"))
+from streamcap_players import NetError, Player, Pool, Population, scrape  # noqa: E402
 
 
-class NetError(Exception):
-    pass
+class Chaos(Population):
+    """The players (a Population: the shared simulator) and the server they play against."""
 
-
-class Pool:
-    """Keep-alive HTTP/1.1 connections shared by all players."""
-
-    def __init__(self, host, port, size, timeout=2.0):
-        self.host, self.port, self.timeout = host, port, timeout
-        self.idle = asyncio.Queue()
-        for _ in range(size):
-            self.idle.put_nowait(None)
-
-    async def request(self, method, path, bearer=None):
-        conn = await self.idle.get()
-        try:
-            if conn is None:
-                conn = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
-            reader, writer = conn
-            head = f"{method} {path} HTTP/1.1\r\nHost: streamcap\r\n"
-            if bearer:
-                head += f"Authorization: Bearer {bearer}\r\n"
-            writer.write((head + "\r\n").encode())
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
-            lines = raw.decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            headers = {}
-            for line in lines[1:]:
-                if ":" in line:
-                    k, v = line.split(":", 1)
-                    headers[k.strip().lower()] = v.strip()
-            n = int(headers.get("content-length", "0"))
-            body = await asyncio.wait_for(reader.readexactly(n), self.timeout) if n else b""
-            if headers.get("connection", "").lower() == "close":
-                writer.close()
-                conn = None
-            return status, (json.loads(body) if body else None)
-        except (OSError, EOFError, ValueError, IndexError, asyncio.TimeoutError,
-                asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
-            if conn is not None:
-                conn[1].close()
-            conn = None
-            raise NetError(type(e).__name__) from None
-        finally:
-            self.idle.put_nowait(conn)
-
-
-class Player:
-    def __init__(self, user, grant, kind, limit, churn):
-        self.user, self.grant, self.kind, self.limit, self.churn = user, grant, kind, limit, churn
-        self.state = "idle"  # idle, playing, refused, stopped, lost, done
-        self.sid = self.token = None
-        self.poll = 2.0
-        self.expires_at = 0.0
-        self.outcome = None  # why it ended, for the report
-        self.round = None  # extras: the round that started it
-
-
-class Chaos:
     def __init__(self, args):
+        super().__init__(Pool("127.0.0.1", args.port, args.connections), rng=random.Random(args.seed))
         self.args = args
-        self.rng = random.Random(args.seed)
         self.proc = None
-        self.pool = Pool("127.0.0.1", args.port, args.connections)
         self.players = []
         self.by_user = {}
         self.failed = 0  # requests that failed (network or 5xx), all rounds
@@ -121,7 +66,6 @@ class Chaos:
         self.rounds = []
         self.extra_grants = {}  # user -> grants for its extras, one per round
         self.extra_limit = {}  # user -> limit of an extras account
-        self.ending = False
         self.churned = 0
         self.round_failed = 0
         self.log = open(args.server_log, "ab")
@@ -147,7 +91,7 @@ class Chaos:
             if self.proc.poll() is not None:
                 raise SystemExit(f"chaos: the server exited with {self.proc.returncode}; see {self.args.server_log}")
             try:
-                status, _ = await admin.request("GET", "/healthz")
+                status, _, _ = await admin.request("GET", "/healthz")
                 if status == 200:
                     return
             except NetError:
@@ -184,7 +128,7 @@ class Chaos:
                     for line in self.mint(prefix, users * per_user, users, limit, policy,
                                           policy == "reject_new_device"):
                         churn = not full and self.rng.random() < 0.3
-                        self.add(Player(line["user"], line["grant"], "incumbent", limit, churn))
+                        self.add(Player(line["user"], line["grant"], "incumbent", limit), churn)
         # Accounts that get an extra after every restart: at their limit, reject_new.
         for limit in (1, 2, 3):
             lines = self.mint(f"x{limit}-{a.seed}", a.extras_users * (limit + a.rounds), a.extras_users,
@@ -195,110 +139,67 @@ class Chaos:
         for user, grants in self.extra_grants.items():
             limit = self.extra_limit[user]
             for g in grants[:limit]:
-                self.add(Player(user, g, "incumbent", limit, False))
+                self.add(Player(user, g, "incumbent", limit))
 
-    def add(self, p):
+    def add(self, p, churn=False, round_=None):
+        p.churn = churn  # now and then stops and starts the next episode
+        p.round = round_  # extras: the round that started it
         self.players.append(p)
         self.by_user.setdefault(p.user, []).append(p)
 
-    async def call(self, method, path, bearer):
-        try:
-            status, body = await self.pool.request(method, path, bearer)
-        except NetError:
-            self.failed += 1
-            self.round_failed += 1
-            return None, None
+    # Counting, through the simulator's hooks: every request that failed
+    # (no answer, or a 5xx) was retried or ended in a loss.
+    def on_net_error(self, p, op, kind):
+        self.failed += 1
+        self.round_failed += 1
+
+    def on_answer(self, p, op, status, headers, seconds):
         if status >= 500:
             self.failed += 1
             self.round_failed += 1
-            return None, None
-        return status, body
 
-    async def start(self, p, retry):
-        """Starts a session; with `retry`, retries network errors (safe here:
-        a failed request either never arrived or died with the server)."""
-        while True:
-            status, body = await self.call("POST", f"/v1/users/{p.user}/sessions", p.grant)
-            if status is None and retry:
-                await asyncio.sleep(RETRY)
-                continue
-            if status == 201:
-                p.sid, p.token, p.poll = body["session_id"], body["token"], float(body["poll_after"])
-                p.expires_at = float(body["expires_at"])
-                p.state = "playing"
-                return True
-            p.state, p.outcome = "refused", f"start {status}: {(body or {}).get('error')}"
-            if p.kind == "incumbent":
-                self.wrong.append((p.user, p.outcome))
-            return False
-
-    async def beat(self, p):
-        """One heartbeat with retries; False once the player has stopped."""
-        while True:
-            path = f"/v1/users/{p.user}/sessions/{p.sid}/heartbeat"
-            status, body = await self.call("POST", path, p.token)
-            if status == 200:
-                p.token, p.poll, p.expires_at = body["token"], float(body["poll_after"]), float(body["expires_at"])
-                return True
-            if status is None:
-                if time.time() >= p.expires_at:
-                    self.stopped(p, "lost", "token expired while retrying")
-                    return False
-                await asyncio.sleep(RETRY)
-                continue
-            reason = (body or {}).get("reason") or (body or {}).get("error")
-            self.stopped(p, "stopped", f"{status} {reason}")
-            return False
-
-    def stopped(self, p, state, why):
-        p.state, p.outcome = state, why
+    def on_stopped(self, p):
         if p.kind == "incumbent":
-            self.wrong.append((p.user, why))
-        elif why != "410 limit_exceeded":
-            self.wrong.append((p.user, f"extra: {why}"))
+            self.wrong.append((p.user, p.reason))
+        elif p.reason != "410 limit_exceeded":
+            self.wrong.append((p.user, f"extra: {p.reason}"))
+
+    async def begin(self, p, retry):
+        """Starts p; with `retry`, retries network errors until answered (safe
+        here: a failed request either never arrived or died with the server).
+        An incumbent that does not get its 201 is a wrong stop."""
+        await self.start(p, attempts=None if retry else 1)
+        if p.state == "playing":
+            return True
+        if p.kind == "incumbent":
+            self.wrong.append((p.user, p.reason))
+        return False
+
+    async def turn(self, p):
+        if p.churn and self.rng.random() < 0.15:
+            # Next episode: stop this session, start another.
+            status = await self.end(p, retry=True)
+            if status != 204:
+                self.stop(p, "stopped", f"churn stop {status}")
+                return False
+            self.churned += 1
+            return await self.begin(p, True)
+        return await self.heartbeat(p)
 
     async def play(self, p, retry_start):
-        if not await self.start(p, retry_start):
+        if not await self.begin(p, retry_start):
             return
-        while not self.ending:
-            await asyncio.sleep(p.poll * self.rng.uniform(0.9, 1.1))
-            if self.ending:
-                break
-            if p.churn and self.rng.random() < 0.15:
-                # Next episode: stop this session, start another.
-                while True:
-                    status, _ = await self.call("DELETE", f"/v1/users/{p.user}/sessions/{p.sid}", p.token)
-                    if status is not None:
-                        break
-                    await asyncio.sleep(RETRY)
-                if status != 204:
-                    self.stopped(p, "stopped", f"churn stop {status}")
-                    return
-                self.churned += 1
-                if not await self.start(p, True):
-                    return
-                continue
-            if not await self.beat(p):
-                return
-        if p.state == "playing":
-            while True:
-                status, _ = await self.call("DELETE", f"/v1/users/{p.user}/sessions/{p.sid}", p.token)
-                if status is not None or time.time() >= p.expires_at:
-                    break
-                await asyncio.sleep(RETRY)
-            p.state = "done"
+        await self.keep_playing(p)
+        await self.end(p, retry=True)
 
     # ---------------------------------------------------------------- checks
 
     def expected(self, user):
         return {p.sid for p in self.by_user[user] if p.kind == "incumbent" and p.state == "playing"}
 
-    async def listed(self, user):
-        grant = self.by_user[user][0].grant
-        status, body = await self.call("GET", f"/v1/users/{user}/sessions", grant)
-        if status != 200:
-            return None
-        return {s["session_id"] for s in body["sessions"]}
+    async def sessions_of(self, user):
+        ids = await self.listed(user, self.by_user[user][0].grant)
+        return None if ids is None else set(ids)
 
     def believers_over(self):
         """Accounts where more players believe they play than the limit allows."""
@@ -319,13 +220,13 @@ class Chaos:
         deadline = t_up + within
         while time.monotonic() < deadline and (heal is None or players is None):
             if pending:
-                results = await asyncio.gather(*(self.listed(u) for u in pending))
+                results = await asyncio.gather(*(self.sessions_of(u) for u in pending))
                 for u, ids in zip(list(pending), results):
                     if ids is not None and ids == self.expected(u):
                         pending.discard(u)
                 if not pending and heal is None:
                     heal = time.monotonic() - t_up
-            started = all(p.state != "idle" for p in extras)
+            started = all(p.state != "new" for p in extras)
             if players is None and started and not self.believers_over():
                 players = time.monotonic() - t_up
             await asyncio.sleep(0.1)
@@ -365,9 +266,8 @@ class Chaos:
             extras = []
             for u in extra_users:
                 g = self.extra_grants[u][self.extra_limit[u] + r - 1]
-                p = Player(u, g, "extra", self.extra_limit[u], False)
-                p.round = r
-                self.add(p)
+                p = Player(u, g, "extra", self.extra_limit[u])
+                self.add(p, round_=r)
                 extras.append(p)
                 tasks.append(asyncio.create_task(self.play(p, True)))
             sample = extra_users + self.rng.sample(sample_pool, min(a.sample, len(sample_pool)))
@@ -389,7 +289,7 @@ class Chaos:
                   f"heal {fmt(heal)}, players under every limit {fmt(believers)}, "
                   f"extras admitted {admitted} / refused {refused} / still playing {len(still)}, "
                   f"wrong stops {len(wrong)}", flush=True)
-        self.ending = True
+        self.running = False
         await asyncio.gather(*tasks)
         live = await self.metric("streamcap_live_sessions", wait=True)
         self.kill()
@@ -417,25 +317,13 @@ class Chaos:
         """A gauge from /metrics; with `wait`, waits up to 3 s for it to reach 0."""
         deadline = time.monotonic() + (3.0 if wait else 0.0)
         while True:
-            value = None
             try:
-                raw = await raw_get(self.args.admin_port, "/metrics")
-                for line in raw.splitlines():
-                    if line.startswith(name + " "):
-                        value = float(line.split()[1])
-            except OSError:
-                pass
+                value = (await scrape(f"127.0.0.1:{self.args.admin_port}")).get(name)
+            except NetError:
+                value = None
             if value == 0 or time.monotonic() >= deadline:
                 return value
             await asyncio.sleep(0.25)
-
-
-async def raw_get(port, path):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
-    data = await reader.read()
-    writer.close()
-    return data.decode("utf-8", "replace").split("\r\n\r\n", 1)[-1]
 
 
 def fmt(x):
