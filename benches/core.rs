@@ -105,11 +105,11 @@ impl MutexStore {
         let mut map = self.0.lock().unwrap();
         let current = map.get(&user).map_or(&[][..], |v| &v[..]);
         match policy::admit(current, a, now) {
-            Ok(ok) => {
-                map.insert(user, ok.slots);
+            (Some(slots), Ok(_)) => {
+                map.insert(user, slots);
                 true
             }
-            Err(_) => false,
+            _ => false,
         }
     }
 
@@ -117,7 +117,7 @@ impl MutexStore {
         let mut map = self.0.lock().unwrap();
         let current = map.get(&user).map_or(&[][..], |v| &v[..]);
         match policy::heartbeat(current, b, now) {
-            BeatOutcome::Renewed { slots, .. } => {
+            (Some(slots), BeatOutcome::Renewed { .. }) => {
                 map.insert(user, slots);
                 true
             }
@@ -212,7 +212,7 @@ fn stores(c: &mut Criterion) {
         "store_1m_users",
         "papaya",
         |u, a, now| store.admit(u, a, now).is_ok(),
-        |u, b, now| matches!(store.heartbeat(u, b, now), streamcap::store::Beaten::Renewed { .. }),
+        |u, b, now| matches!(store.heartbeat(u, b, now), BeatOutcome::Renewed { .. }),
     );
     drop(store);
     let naive = MutexStore(Mutex::new(HashMap::with_capacity_and_hasher(USERS as usize, Default::default())));

@@ -18,9 +18,9 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mimalloc::MiMalloc;
-use streamcap::policy::{Admission, Beat, Limits};
+use streamcap::policy::{Admission, Beat, BeatOutcome, Limits};
 use streamcap::session::Session;
-use streamcap::store::{Beaten, Store};
+use streamcap::store::Store;
 use streamcap::wire::{Policy, SessionId};
 
 /// mimalloc, counting the bytes the program holds: RSS above this is the
@@ -109,7 +109,7 @@ fn main() {
                 token_expires_ms: now + PLAYER_TTL_MS,
                 renew_to_ms: now + PLAYER_TTL_MS,
             };
-            assert!(matches!(store.heartbeat(player_keys[i], &b, now), Beaten::Renewed { .. }));
+            assert!(matches!(store.heartbeat(player_keys[i], &b, now), BeatOutcome::Renewed { .. }));
         }
         if sec % 3 == 0 {
             store.sweep_paced(now, &mut || {});

@@ -20,9 +20,9 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use mimalloc::MiMalloc;
-use streamcap::policy::{Admission, Beat, Limits};
+use streamcap::policy::{Admission, Beat, BeatOutcome, Limits};
 use streamcap::session::Session;
-use streamcap::store::{Beaten, Store, UserKey};
+use streamcap::store::{Store, UserKey};
 use streamcap::wire::{Policy, SessionId};
 
 #[global_allocator]
@@ -118,7 +118,7 @@ fn main() {
                 let t = Instant::now();
                 let beaten = store.heartbeat(keys[u as usize], &b, NOW);
                 let ns = t.elapsed().as_nanos() as u64;
-                assert!(matches!(beaten, Beaten::Renewed { .. }), "user {u}: {beaten:?}");
+                assert!(matches!(beaten, BeatOutcome::Renewed { .. }), "user {u}: {beaten:?}");
                 per_window[w.min(windows - 1)].saturating_record(ns.max(1));
                 if ns > SLOW_NS && slow.len() < SLOW_KEPT {
                     slow.push((at, ns));

@@ -117,8 +117,8 @@ pub fn failure(f: &Failure) -> Reply {
             let extra = Some(ErrorExtra::Limit { limit: *limit, active: *active, sessions });
             json(StatusCode::CONFLICT, &ErrorBody { error, message, extra })
         }
-        Failure::Core(Error::Stopped { reason, by }) => {
-            let extra = Some(ErrorExtra::Stopped { reason: *reason, by: by.as_deref() });
+        Failure::Core(Error::SessionStopped { reason, by }) => {
+            let extra = Some(ErrorExtra::SessionStopped { reason: *reason, by: by.as_deref() });
             let body =
                 ErrorBody { error: "session_stopped", message: "this session has stopped: stop playback", extra };
             json(StatusCode::GONE, &body)
@@ -273,13 +273,13 @@ fn answer(api: &Api, parts: &http::request::Parts, path: Option<Path<'_>>) -> Re
             let replace = replace_param(parts.uri.query())?;
             let s = limiter.start(checked_user(user)?, bearer(&parts.headers), replace, now)?;
             let body = StartedBody {
-                session_id: s.session_id,
-                token: &s.token,
-                poll_after: s.poll_after,
-                expires_at: wire::unix_secs(s.expires_ms),
-                active: s.active,
+                session_id: s.lease.session_id,
+                token: &s.lease.token,
+                poll_after: s.lease.poll_after,
+                expires_at: wire::unix_secs(s.lease.expires_ms),
+                active: s.admitted.active,
                 limit: s.limit,
-                evicted: &s.evicted,
+                evicted: &s.admitted.evicted,
             };
             Ok(json(StatusCode::CREATED, &body))
         }

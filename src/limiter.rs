@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use crate::grant::{self, Grant, InvalidGrant, PollBounds, Tenants};
 use crate::keys::KeyRing;
 use crate::metrics::{Metrics, Rejection};
-use crate::policy::{Admission, Beat, Limits, Refusal, Refused, Stop};
+use crate::policy::{Admission, Admitted, Beat, BeatOutcome, Limits, Refusal, Refused, Stop, StopOutcome};
 use crate::session::{By, Info, Session};
-use crate::store::{Beaten, Stopped, Store, Swept};
+use crate::store::{Store, Swept};
 use crate::sweeper::{self, FreedHook};
 use crate::token::{InvalidToken, Lease, LeaseClaims};
 use crate::wire::{self, SessionId, SessionView, StopReason};
@@ -54,8 +54,17 @@ pub enum Error {
     InvalidGrant(&'static str),
     InvalidToken(&'static str),
     Forbidden(&'static str),
-    LimitReached { group: bool, limit: u32, active: usize, sessions: Vec<SessionView> },
-    Stopped { reason: StopReason, by: Option<Box<SessionView>> },
+    LimitReached {
+        group: bool,
+        limit: u32,
+        active: usize,
+        sessions: Vec<SessionView>,
+    },
+    /// The session has stopped (a `410`): why, and who stopped it.
+    SessionStopped {
+        reason: StopReason,
+        by: Option<Box<SessionView>>,
+    },
     OverCapacity,
 }
 
@@ -71,23 +80,22 @@ impl From<InvalidToken> for Error {
     }
 }
 
+/// A lease token handed to a player, by a start or a heartbeat.
 #[derive(Debug)]
-pub struct Started {
+pub struct Issued {
     pub session_id: SessionId,
     pub token: String,
     pub poll_after: u32,
     pub expires_ms: u64,
-    pub active: usize,
-    pub limit: u32,
-    pub evicted: Vec<SessionId>,
 }
 
+/// A start's answer: the new session's lease, the limit it counts against,
+/// and the admission as the store decided it.
 #[derive(Debug)]
-pub struct Renewed {
-    pub session_id: SessionId,
-    pub token: String,
-    pub poll_after: u32,
-    pub expires_ms: u64,
+pub struct Started {
+    pub lease: Issued,
+    pub limit: u32,
+    pub admitted: Admitted,
 }
 
 #[derive(Debug)]
@@ -201,20 +209,13 @@ impl Limiter {
                 unknown_until_ms: now + s.max_token_life_ms(),
             };
             match self.store.admit(user_key, &admission, now) {
-                Ok(ok) => {
+                Ok(admitted) => {
                     self.metrics.start_admitted();
-                    self.metrics.sessions_stopped(StopReason::Evicted, ok.evicted.len());
-                    self.metrics.sessions_stopped(StopReason::Replaced, ok.replaced);
-                    self.metrics.expired(ok.expired);
-                    return Ok(Started {
-                        session_id: id,
-                        token,
-                        poll_after: g.poll_secs,
-                        expires_ms,
-                        active: ok.active,
-                        limit: g.limit,
-                        evicted: ok.evicted,
-                    });
+                    self.metrics.sessions_stopped(StopReason::Evicted, admitted.evicted.len());
+                    self.metrics.sessions_stopped(StopReason::Replaced, admitted.replaced);
+                    self.metrics.expired(admitted.expired);
+                    let lease = Issued { session_id: id, token, poll_after: g.poll_secs, expires_ms };
+                    return Ok(Started { lease, limit: g.limit, admitted });
                 }
                 Err(Refusal::IdTaken) => continue,
                 Err(Refusal::Full) => {
@@ -240,7 +241,7 @@ impl Limiter {
     }
 
     /// docs/spec.md §4 heartbeat and §6 healing and re-validation.
-    pub fn heartbeat(&self, user: &str, id: SessionId, token: &str, now: u64) -> Result<Renewed, Error> {
+    pub fn heartbeat(&self, user: &str, id: SessionId, token: &str, now: u64) -> Result<Issued, Error> {
         let settings = self.settings.load();
         let s = &**settings;
         let lease = self.lease_for(s, user, id, token, now).inspect_err(|_| {
@@ -264,25 +265,25 @@ impl Limiter {
         let user_key = self.store.user_key(c.tenant, c.user);
         let m = &self.metrics;
         match self.store.heartbeat(user_key, &beat, now) {
-            Beaten::Renewed { healed, stopped, expired } => {
+            BeatOutcome::Renewed { healed, over_limit, expired } => {
                 m.heartbeat_ok();
                 m.healed(healed);
-                m.sessions_stopped(StopReason::LimitExceeded, stopped);
+                m.sessions_stopped(StopReason::LimitExceeded, over_limit.len());
                 m.expired(expired);
                 let token = lease.renew(renew_to_ms, &s.server_keys);
-                Ok(Renewed { session_id: id, token, poll_after: c.poll_secs, expires_ms: renew_to_ms })
+                Ok(Issued { session_id: id, token, poll_after: c.poll_secs, expires_ms: renew_to_ms })
             }
-            Beaten::Lost { healed, stopped, expired } => {
+            BeatOutcome::Lost { healed, over_limit, expired } => {
                 m.healed(healed);
-                m.sessions_stopped(StopReason::LimitExceeded, stopped + 1);
+                m.sessions_stopped(StopReason::LimitExceeded, over_limit.len() + 1);
                 m.expired(expired);
                 m.heartbeat_stopped(StopReason::LimitExceeded);
-                Err(Error::Stopped { reason: StopReason::LimitExceeded, by: None })
+                Err(Error::SessionStopped { reason: StopReason::LimitExceeded, by: None })
             }
-            Beaten::Full => Err(Error::OverCapacity),
-            Beaten::Stopped(t) => {
+            BeatOutcome::Full => Err(Error::OverCapacity),
+            BeatOutcome::AlreadyStopped(t) => {
                 m.heartbeat_stopped(t.reason);
-                Err(Error::Stopped { reason: t.reason, by: t.by.map(|b| Box::new(b.view())) })
+                Err(Error::SessionStopped { reason: t.reason, by: t.by.map(|b| Box::new(b.view())) })
             }
         }
     }
@@ -318,8 +319,10 @@ impl Limiter {
             let stop = Stop { id, reason: StopReason::Ended, by: None, keep_until_ms: until, unknown_until_ms: until };
             (self.store.user_key(c.tenant, c.user), stop)
         };
-        let Stopped::Done { expired } = self.store.stop(user_key, &stop, now) else {
-            return Err(Error::OverCapacity);
+        let expired = match self.store.stop(user_key, &stop, now) {
+            StopOutcome::Tombstoned { expired } | StopOutcome::Remembered { expired } => expired,
+            StopOutcome::AlreadyStopped => 0,
+            StopOutcome::Full => return Err(Error::OverCapacity),
         };
         self.metrics.expired(expired);
         let counter = if stop.reason == StopReason::Kicked { &self.metrics.kicks } else { &self.metrics.stops };
@@ -422,12 +425,12 @@ mod tests {
         assert!(matches!(limiter.start("alice", &grant, None, now), Err(Error::OverCapacity)));
         let fresh = upcoming(0);
         let started = limiter.start("alice", &grant, None, now + 1).unwrap();
-        assert_eq!(started.session_id, fresh);
+        assert_eq!(started.lease.session_id, fresh);
         limiter.start("alice", &grant, None, now + 2).unwrap();
         let third = limiter.start("alice", &grant, None, now + 3).unwrap();
-        assert_eq!(third.evicted, vec![fresh], "evict_oldest evicts the oldest live session");
-        let renewed = limiter.heartbeat("alice", third.session_id, &third.token, now + 4).unwrap();
-        assert_eq!(renewed.session_id, third.session_id);
+        assert_eq!(third.admitted.evicted, vec![fresh], "evict_oldest evicts the oldest live session");
+        let renewed = limiter.heartbeat("alice", third.lease.session_id, &third.lease.token, now + 4).unwrap();
+        assert_eq!(renewed.session_id, third.lease.session_id);
     }
 
     #[test]
@@ -438,7 +441,7 @@ mod tests {
         limiter.stop("alice", SessionId(7), &grant, now).unwrap();
         assert_eq!(limiter.store.all_sessions_expired(now + 86_400_000), None, "no session was ever started");
         let started = limiter.start("alice", &grant, None, now).unwrap();
-        let renewed = limiter.heartbeat("alice", started.session_id, &started.token, now + 1000).unwrap();
+        let renewed = limiter.heartbeat("alice", started.lease.session_id, &started.lease.token, now + 1000).unwrap();
         let by = renewed.expires_ms.div_ceil(1000) * 1000;
         assert_eq!(limiter.store.all_sessions_expired(by - 1), None, "the session is live until its expiry");
         assert_eq!(limiter.store.all_sessions_expired(by), Some(by));

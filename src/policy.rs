@@ -1,14 +1,20 @@
 //! The rules of docs/spec.md §5–7 over one user's sessions, as pure functions:
 //! admission (with `replace` and the three policies), heartbeat healing and
 //! re-validation, stop and kick, and expiry. They take the current records
-//! and `now` and return the records that should replace them, so the store
-//! can run them inside one atomic read-modify-write (and run them again if
-//! it loses a race). Nothing here does I/O, reads a clock or counts metrics.
+//! and `now` and return a [`Ruling`]: the records that should replace them
+//! and the operation's outcome, so the store can run them inside one atomic
+//! read-modify-write (and run them again if it loses a race) and pass the
+//! outcome up unchanged. Nothing here does I/O, reads a clock or counts
+//! metrics.
 
 use std::sync::Arc;
 
-use crate::session::{By, Session, Slot, Tombstone};
+use crate::session::{By, Records, Session, Slot, Tombstone};
 use crate::wire::{MAX_RECORDS_PER_USER, Policy, SessionId, StopReason, TOKEN_LEEWAY_MS};
+
+/// What a rule decided: the records that replace the user's (`None`: they
+/// stay as they are) and the outcome the caller gets, unchanged.
+pub type Ruling<T> = (Option<Records>, T);
 
 /// One user's records being rewritten.
 struct Working {
@@ -49,7 +55,7 @@ impl Working {
     fn stop_at(&mut self, i: usize, reason: StopReason, by: Option<Arc<By>>, now: u64) {
         if let Slot::Live(s) = &self.slots[i] {
             let until_ms = s.expires_ms.get().max(now) + TOKEN_LEEWAY_MS;
-            self.slots[i] = Slot::Stopped(Tombstone { id: s.id, reason, until_ms, by });
+            self.slots[i] = Slot::Tombstone(Tombstone { id: s.id, reason, until_ms, by });
         }
     }
 
@@ -78,7 +84,7 @@ impl Working {
         units(&self.slots, pick, by_device)
     }
 
-    fn into_slots(self) -> Box<[Slot]> {
+    fn into_slots(self) -> Records {
         self.slots.into_boxed_slice()
     }
 }
@@ -86,7 +92,7 @@ impl Working {
 fn live_in(slots: &[Slot]) -> impl Iterator<Item = &Session> {
     slots.iter().filter_map(|s| match s {
         Slot::Live(s) => Some(s),
-        Slot::Stopped(_) => None,
+        Slot::Tombstone(_) => None,
     })
 }
 
@@ -143,14 +149,16 @@ pub struct Admission<'a> {
     pub unknown_until_ms: u64,
 }
 
+/// A start that was admitted.
 #[derive(Debug)]
 pub struct Admitted {
-    pub slots: Box<[Slot]>,
     /// Units counted against the limit after this start, the new one included.
     pub active: usize,
+    /// Sessions stopped as `evicted` to make room, oldest first.
     pub evicted: Vec<SessionId>,
     /// Sessions stopped as `replaced` (by `?replace=` or the same device).
     pub replaced: usize,
+    /// Live sessions dropped on the way because their time was up.
     pub expired: usize,
 }
 
@@ -179,7 +187,14 @@ pub struct Refused {
 }
 
 /// docs/spec.md §5: one start, all or nothing.
-pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, Refusal> {
+pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Ruling<Result<Admitted, Refusal>> {
+    match judge_start(current, a, now) {
+        Ok((slots, admitted)) => (Some(slots), Ok(admitted)),
+        Err(refusal) => (None, Err(refusal)),
+    }
+}
+
+fn judge_start(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<(Records, Admitted), Refusal> {
     let mut w = Working::new(current, now, 1 + usize::from(a.replace.is_some()));
     if w.full(1 + usize::from(a.replace.is_some())) {
         return Err(Refusal::Full);
@@ -193,7 +208,7 @@ pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, 
                 replaced += usize::from(matches!(w.slots[i], Slot::Live(_)));
                 w.stop_at(i, StopReason::Replaced, by.clone(), now);
             }
-            None => w.slots.push(Slot::Stopped(Tombstone {
+            None => w.slots.push(Slot::Tombstone(Tombstone {
                 id,
                 reason: StopReason::Replaced,
                 until_ms: a.unknown_until_ms,
@@ -219,7 +234,8 @@ pub fn admit(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<Admitted, 
         let limit_binds = all_n + 1 > lim.limit as usize;
         if !group_binds && !limit_binds {
             w.slots.push(Slot::Live(new.clone()));
-            return Ok(Admitted { active: all_n + 1, expired: w.expired, replaced, slots: w.into_slots(), evicted });
+            let admitted = Admitted { active: all_n + 1, expired: w.expired, replaced, evicted };
+            return Ok((w.into_slots(), admitted));
         }
         let group_only = !limit_binds;
         let scope = in_group(group);
@@ -252,14 +268,18 @@ pub struct Beat<'a> {
     pub renew_to_ms: u64,
 }
 
+/// A heartbeat's outcome. `healed`: the session was rebuilt from its
+/// token; `over_limit`: other sessions re-validation stopped as
+/// `limit_exceeded`; `expired`: live sessions dropped on the way.
 #[derive(Debug)]
 pub enum BeatOutcome {
     /// Keep playing.
-    Renewed { slots: Box<[Slot]>, healed: bool, stopped: Vec<SessionId>, expired: usize },
+    Renewed { healed: bool, over_limit: Vec<SessionId>, expired: usize },
     /// Re-validation chose the caller: records changed, answer `410`.
-    Lost { slots: Box<[Slot]>, healed: bool, stopped: Vec<SessionId>, expired: usize },
-    /// Already stopped: answer `410` with this reason; nothing changes.
-    Stopped(Tombstone),
+    Lost { healed: bool, over_limit: Vec<SessionId>, expired: usize },
+    /// The session's record is a tombstone: answer `410` with its reason;
+    /// nothing changes.
+    AlreadyStopped(Tombstone),
     /// Unknown here and the user is at `MAX_RECORDS_PER_USER`: retry later.
     Full,
 }
@@ -289,14 +309,14 @@ pub fn renewable<'s>(current: &'s [Slot], b: &Beat<'_>, now: u64) -> Option<&'s 
 
 /// docs/spec.md §6: find or rebuild the session, re-validate the user's limits by
 /// the caller's policy, renew.
-pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
-    if let Some(Slot::Stopped(t)) = current.iter().find(|s| s.id() == b.id) {
-        return BeatOutcome::Stopped(t.clone());
+pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> Ruling<BeatOutcome> {
+    if let Some(Slot::Tombstone(t)) = current.iter().find(|s| s.id() == b.id) {
+        return (None, BeatOutcome::AlreadyStopped(t.clone()));
     }
     let mut w = Working::new(current, now, 0);
     let healed = match w.find(b.id) {
         Some(_) => false,
-        None if w.full(1) => return BeatOutcome::Full,
+        None if w.full(1) => return (None, BeatOutcome::Full),
         None => {
             // Unknown here, or expired but within the token's leeway: rebuild.
             w.slots.push(Slot::Live((b.rebuild)()));
@@ -306,14 +326,14 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
 
     let lim = b.limits;
     let keep_earliest = lim.policy != Policy::EvictOldest;
-    let mut stopped = Vec::new();
+    let mut over_limit = Vec::new();
     let mut enforce = |w: &mut Working, units: Vec<Vec<SessionId>>, limit: usize| {
         if units.len() > limit {
             let excess = units.len() - limit;
             let losers = if keep_earliest { &units[limit..] } else { &units[..excess] };
             let ids: Vec<SessionId> = losers.iter().flatten().copied().collect();
             w.stop_where(|s| ids.contains(&s.id), StopReason::LimitExceeded, &None, now);
-            stopped.extend(ids);
+            over_limit.extend(ids);
         }
     };
     if let Some((group, group_limit)) = lim.group
@@ -332,14 +352,14 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> BeatOutcome {
     match me.map(|i| &mut w.slots[i]) {
         Some(Slot::Live(s)) => {
             s.expires_ms.set(b.renew_to_ms);
-            BeatOutcome::Renewed { slots: w.into_slots(), healed, stopped, expired }
+            (Some(w.into_slots()), BeatOutcome::Renewed { healed, over_limit, expired })
         }
-        Some(Slot::Stopped(t)) => {
+        Some(Slot::Tombstone(t)) => {
             // Rebuilt from an old token, it may have newer ones: none can
             // expire after a token issued now would.
             t.until_ms = t.until_ms.max(b.token_expires_ms.max(b.renew_to_ms) + TOKEN_LEEWAY_MS);
-            stopped.retain(|id| *id != b.id);
-            BeatOutcome::Lost { slots: w.into_slots(), healed, stopped, expired }
+            over_limit.retain(|id| *id != b.id);
+            (Some(w.into_slots()), BeatOutcome::Lost { healed, over_limit, expired })
         }
         None => unreachable!("the caller's session was inserted above"),
     }
@@ -357,48 +377,44 @@ pub struct Stop {
     pub unknown_until_ms: u64,
 }
 
-/// Whether a stop changed anything, and the records after it.
-#[derive(Debug)]
+/// What a stop did; `expired`: live sessions dropped on the way.
+#[derive(Debug, PartialEq, Eq)]
 pub enum StopOutcome {
-    Stopped {
-        slots: Box<[Slot]>,
-        expired: usize,
-    },
+    /// The live session is now a tombstone.
+    Tombstoned { expired: usize },
     /// Unknown here: a tombstone now answers for it.
-    Remembered {
-        slots: Box<[Slot]>,
-        expired: usize,
-    },
+    Remembered { expired: usize },
+    /// Its record already was a tombstone: nothing changed.
     AlreadyStopped,
     /// Unknown here and the user is at `MAX_RECORDS_PER_USER`: nothing changed.
     Full,
 }
 
 /// docs/spec.md §4 stop: idempotent; frees the slot at once.
-pub fn stop(current: &[Slot], s: &Stop, now: u64) -> StopOutcome {
-    if let Some(Slot::Stopped(_)) = current.iter().find(|slot| slot.id() == s.id) {
-        return StopOutcome::AlreadyStopped;
+pub fn stop(current: &[Slot], s: &Stop, now: u64) -> Ruling<StopOutcome> {
+    if let Some(Slot::Tombstone(_)) = current.iter().find(|slot| slot.id() == s.id) {
+        return (None, StopOutcome::AlreadyStopped);
     }
     let mut w = Working::new(current, now, 1);
     match w.find(s.id) {
         Some(i) => {
             w.stop_at(i, s.reason, s.by.clone(), now);
-            if let Slot::Stopped(t) = &mut w.slots[i] {
+            if let Slot::Tombstone(t) = &mut w.slots[i] {
                 t.until_ms = t.until_ms.max(s.keep_until_ms);
             }
             let expired = w.expired;
-            StopOutcome::Stopped { slots: w.into_slots(), expired }
+            (Some(w.into_slots()), StopOutcome::Tombstoned { expired })
         }
-        None if w.full(1) => StopOutcome::Full,
+        None if w.full(1) => (None, StopOutcome::Full),
         None => {
-            w.slots.push(Slot::Stopped(Tombstone {
+            w.slots.push(Slot::Tombstone(Tombstone {
                 id: s.id,
                 reason: s.reason,
                 until_ms: s.unknown_until_ms,
                 by: s.by.clone(),
             }));
             let expired = w.expired;
-            StopOutcome::Remembered { slots: w.into_slots(), expired }
+            (Some(w.into_slots()), StopOutcome::Remembered { expired })
         }
     }
 }
@@ -414,17 +430,17 @@ pub fn live(current: &[Slot], policy: Policy, now: u64) -> (usize, Vec<Session>)
 
 /// One user's records from two copies of the store (see `Store::sweep`):
 /// every id of either, a stop winning over a live copy, else the later expiry.
-pub fn merge(mine: &[Slot], theirs: &[Slot]) -> Box<[Slot]> {
+pub fn merge(mine: &[Slot], theirs: &[Slot]) -> Records {
     let mut out: Vec<Slot> = mine.to_vec();
     for t in theirs {
         match out.iter_mut().find(|m| m.id() == t.id()) {
             None => out.push(t.clone()),
             Some(m) => {
                 let take = match (&*m, t) {
-                    (Slot::Live(_), Slot::Stopped(_)) => true,
+                    (Slot::Live(_), Slot::Tombstone(_)) => true,
                     (Slot::Live(a), Slot::Live(b)) => b.expires_ms.get() > a.expires_ms.get(),
-                    (Slot::Stopped(a), Slot::Stopped(b)) => b.until_ms > a.until_ms,
-                    (Slot::Stopped(_), Slot::Live(_)) => false,
+                    (Slot::Tombstone(a), Slot::Tombstone(b)) => b.until_ms > a.until_ms,
+                    (Slot::Tombstone(_), Slot::Live(_)) => false,
                 };
                 if take {
                     *m = t.clone();
@@ -436,7 +452,7 @@ pub fn merge(mine: &[Slot], theirs: &[Slot]) -> Box<[Slot]> {
 }
 
 /// Records left once everything due at `now` is dropped; `None` if none changed.
-pub fn prune(current: &[Slot], now: u64) -> Option<(Box<[Slot]>, usize)> {
+pub fn prune(current: &[Slot], now: u64) -> Option<(Records, usize)> {
     if !current.iter().any(|s| s.is_expired(now)) {
         return None;
     }
@@ -468,8 +484,31 @@ mod tests {
         Limits { limit, policy, group: None }
     }
 
-    fn start(slots: &[Slot], s: Session, l: Limits<'_>, now: u64) -> Result<Admitted, Refused> {
-        admit(slots, &Admission { session: s, limits: l, replace: None, unknown_until_ms: now + TTL }, now).map_err(
+    /// An admitted start and the records after it.
+    #[derive(Debug)]
+    struct Started {
+        slots: Records,
+        admitted: Admitted,
+    }
+
+    impl std::ops::Deref for Started {
+        type Target = Admitted;
+        fn deref(&self) -> &Admitted {
+            &self.admitted
+        }
+    }
+
+    /// [`admit`], checking that the records change exactly when it admits.
+    fn admitted(slots: &[Slot], a: &Admission<'_>, now: u64) -> Result<Started, Refusal> {
+        match admit(slots, a, now) {
+            (Some(slots), Ok(admitted)) => Ok(Started { slots, admitted }),
+            (None, Err(refusal)) => Err(refusal),
+            other => panic!("records and outcome disagree: {other:?}"),
+        }
+    }
+
+    fn start(slots: &[Slot], s: Session, l: Limits<'_>, now: u64) -> Result<Started, Refused> {
+        admitted(slots, &Admission { session: s, limits: l, replace: None, unknown_until_ms: now + TTL }, now).map_err(
             |r| match r {
                 Refusal::Limit(r) => r,
                 Refusal::Full | Refusal::IdTaken => panic!("unexpected {r:?}"),
@@ -477,7 +516,7 @@ mod tests {
         )
     }
 
-    fn beat(slots: &[Slot], s: Session, l: Limits<'_>, now: u64) -> BeatOutcome {
+    fn beat(slots: &[Slot], s: Session, l: Limits<'_>, now: u64) -> Ruling<BeatOutcome> {
         let (id, token_expires_ms) = (s.id, s.expires_ms.get());
         let rebuild = move || s.clone();
         heartbeat(slots, &Beat { id, rebuild: &rebuild, limits: l, token_expires_ms, renew_to_ms: now + TTL }, now)
@@ -489,7 +528,7 @@ mod tests {
 
     fn reason_of(slots: &[Slot], id: u64) -> Option<StopReason> {
         slots.iter().find_map(|s| match s {
-            Slot::Stopped(t) if t.id.0 == id => Some(t.reason),
+            Slot::Tombstone(t) if t.id.0 == id => Some(t.reason),
             _ => None,
         })
     }
@@ -524,7 +563,7 @@ mod tests {
         assert_eq!(a.active, 3);
         assert_eq!(live_ids(&a.slots, T0 + 10_000), [jason, sarah, jamie]);
         match beat(&a.slots, session(ben, T0 + 1000), l, T0 + 20_000) {
-            BeatOutcome::Stopped(t) => {
+            (None, BeatOutcome::AlreadyStopped(t)) => {
                 assert_eq!(t.reason, StopReason::Evicted);
                 assert_eq!(t.by.unwrap().id, Some(SessionId(jamie)));
             }
@@ -556,7 +595,7 @@ mod tests {
     fn replace_stops_first_in_the_same_step() {
         let l = limits(2, RejectNew);
         let slots = started(2, l);
-        let a = admit(
+        let a = admitted(
             &slots,
             &Admission { session: session(3, T0 + 9000), limits: l, replace: Some(SessionId(1)), unknown_until_ms: 0 },
             T0 + 9000,
@@ -568,7 +607,7 @@ mod tests {
         let g = Limits { group: Some(("studio", 1)), ..limits(5, RejectNew) };
         let s1 = start(&[], with_info(session(1, T0), None, Some("studio")), g, T0).unwrap();
         let s2 = start(&s1.slots, session(2, T0 + 1), limits(5, RejectNew), T0 + 1).unwrap();
-        let refused = admit(
+        let refused = admitted(
             &s2.slots,
             &Admission {
                 session: with_info(session(3, T0 + 2), None, Some("studio")),
@@ -611,8 +650,8 @@ mod tests {
         let mut slots = start(&[], session(6, now), l, now).unwrap().slots;
         for i in 1..=4 {
             match beat(&slots, session(i, T0 + i * 1000), l, now + i) {
-                BeatOutcome::Renewed { slots: s, healed: true, stopped, .. } => {
-                    assert!(stopped.is_empty());
+                (Some(s), BeatOutcome::Renewed { healed: true, over_limit, .. }) => {
+                    assert!(over_limit.is_empty());
                     slots = s;
                 }
                 other => panic!("stream {i} must be rebuilt: {other:?}"),
@@ -620,15 +659,17 @@ mod tests {
         }
         assert_eq!(live_ids(&slots, now + 10), [1, 2, 3, 4, 6]);
         match beat(&slots, session(5, T0 + 5000), l, now + 10) {
-            BeatOutcome::Renewed { slots: s, healed: true, stopped, .. } => {
-                assert_eq!(stopped, [SessionId(6)]);
+            (Some(s), BeatOutcome::Renewed { healed: true, over_limit, .. }) => {
+                assert_eq!(over_limit, [SessionId(6)]);
                 slots = s;
             }
             other => panic!("stream 5 must get 200: {other:?}"),
         }
         assert_eq!(live_ids(&slots, now + 10), [1, 2, 3, 4, 5]);
         match beat(&slots, session(6, now), l, now + 30_000) {
-            BeatOutcome::Stopped(t) => assert_eq!((t.reason, t.by), (StopReason::LimitExceeded, None)),
+            (None, BeatOutcome::AlreadyStopped(t)) => {
+                assert_eq!((t.reason, t.by), (StopReason::LimitExceeded, None))
+            }
             other => panic!("stream 6 must get 410: {other:?}"),
         }
     }
@@ -639,8 +680,8 @@ mod tests {
         let newer = start(&[], session(2, T0 + 1000), l, T0 + 1000).unwrap().slots;
         // Session 1 (older) heals onto a node that admitted 2: 1 loses.
         match beat(&newer, session(1, T0), l, T0 + 2000) {
-            BeatOutcome::Lost { slots, healed: true, stopped, .. } => {
-                assert!(stopped.is_empty(), "only the caller lost");
+            (Some(slots), BeatOutcome::Lost { healed: true, over_limit, .. }) => {
+                assert!(over_limit.is_empty(), "only the caller lost");
                 assert_eq!(live_ids(&slots, T0 + 2000), [2]);
                 assert_eq!(reason_of(&slots, 1), Some(StopReason::LimitExceeded));
             }
@@ -670,21 +711,21 @@ mod tests {
             unknown_until_ms: T0 + TTL,
         };
         for id in 0..MAX_RECORDS_PER_USER as u64 {
-            let StopOutcome::Remembered { slots: s, .. } = stop(&slots, &kick(id), T0) else { panic!("{id}") };
+            let (Some(s), StopOutcome::Remembered { .. }) = stop(&slots, &kick(id), T0) else { panic!("{id}") };
             slots = s;
         }
-        assert!(matches!(stop(&slots, &kick(u64::MAX), T0), StopOutcome::Full));
+        assert!(matches!(stop(&slots, &kick(u64::MAX), T0), (None, StopOutcome::Full)));
         let a = Admission {
             session: session(u64::MAX, T0),
             limits: limits(5, RejectNew),
             replace: None,
             unknown_until_ms: 0,
         };
-        assert_eq!(admit(&slots, &a, T0).unwrap_err(), Refusal::Full);
-        assert!(matches!(beat(&slots, session(u64::MAX - 1, T0), limits(5, RejectNew), T0), BeatOutcome::Full));
+        assert_eq!(admitted(&slots, &a, T0).unwrap_err(), Refusal::Full);
+        assert!(matches!(beat(&slots, session(u64::MAX - 1, T0), limits(5, RejectNew), T0), (None, BeatOutcome::Full)));
         // Once the tombstones are due, the user is served again.
-        assert_eq!(admit(&slots, &a, T0 + TTL).unwrap_err(), Refusal::Full, "still answering at until_ms");
-        assert!(admit(&slots, &a, T0 + TTL + 1).is_ok());
+        assert_eq!(admitted(&slots, &a, T0 + TTL).unwrap_err(), Refusal::Full, "still answering at until_ms");
+        assert!(admitted(&slots, &a, T0 + TTL + 1).is_ok());
     }
 
     #[test]
@@ -697,12 +738,13 @@ mod tests {
             keep_until_ms: 0,
             unknown_until_ms: T0 + 500_000,
         };
-        let StopOutcome::Stopped { slots, .. } = stop(&slots, &stop_req(1), T0 + 2000) else { panic!() };
-        assert!(matches!(stop(&slots, &stop_req(1), T0 + 3000), StopOutcome::AlreadyStopped));
+        let (Some(slots), StopOutcome::Tombstoned { .. }) = stop(&slots, &stop_req(1), T0 + 2000) else { panic!() };
+        assert!(matches!(stop(&slots, &stop_req(1), T0 + 3000), (None, StopOutcome::AlreadyStopped)));
         assert!(live_ids(&slots, T0 + 2000).is_empty());
-        let StopOutcome::Remembered { slots, .. } = stop(&slots, &stop_req(7), T0 + 3000) else { panic!() };
+        let (Some(slots), StopOutcome::Remembered { .. }) = stop(&slots, &stop_req(7), T0 + 3000) else { panic!() };
         // A stopped session is never rebuilt by its heartbeat.
-        assert!(matches!(beat(&slots, session(7, T0), limits(2, RejectNew), T0 + 4000), BeatOutcome::Stopped(_)));
+        let beat7 = beat(&slots, session(7, T0), limits(2, RejectNew), T0 + 4000);
+        assert!(matches!(beat7, (None, BeatOutcome::AlreadyStopped(_))));
         // Tombstones answer through their last millisecond, then go.
         assert_eq!(prune(&slots, T0 + 500_000).map(|(s, _)| s.len()), Some(1), "session 7 still answers");
         assert_eq!(prune(&slots, T0 + 500_001).map(|(s, _)| s.len()), Some(0));
@@ -722,10 +764,13 @@ mod tests {
                 2 => Slot::Live(s(T0 + id, Some("tv"), Some("g"))),
                 3 => Slot::Live(s(T0 + 10 * id, Some("phone"), None)),
                 4 => Slot::Live(Session { expires_ms: now.into(), ..session(id, T0) }),
-                5 => {
-                    Slot::Stopped(Tombstone { id: SessionId(id), reason: StopReason::Kicked, until_ms: now, by: None })
-                }
-                _ => Slot::Stopped(Tombstone {
+                5 => Slot::Tombstone(Tombstone {
+                    id: SessionId(id),
+                    reason: StopReason::Kicked,
+                    until_ms: now,
+                    by: None,
+                }),
+                _ => Slot::Tombstone(Tombstone {
                     id: SessionId(id),
                     reason: StopReason::Ended,
                     until_ms: now - 1,
@@ -750,8 +795,8 @@ mod tests {
                             renew_to_ms: now + TTL,
                         };
                         let only_renewed = match heartbeat(&slots, &b, now) {
-                            BeatOutcome::Renewed { slots: after, healed: false, stopped, expired: 0 }
-                                if stopped.is_empty() =>
+                            (Some(after), BeatOutcome::Renewed { healed: false, over_limit, expired: 0 })
+                                if over_limit.is_empty() =>
                             {
                                 let mut want = slots.clone();
                                 for slot in &mut want {
@@ -782,10 +827,10 @@ mod tests {
         // an unknown id); a start that draws it is refused, so the caller
         // tries another, and the records never hold an id twice.
         let kicked =
-            Slot::Stopped(Tombstone { id: SessionId(7), reason: StopReason::Kicked, until_ms: T0 + TTL, by: None });
+            Slot::Tombstone(Tombstone { id: SessionId(7), reason: StopReason::Kicked, until_ms: T0 + TTL, by: None });
         for policy in [RejectNew, EvictOldest, RejectNewDevice] {
             for held in [vec![kicked.clone()], vec![Slot::Live(session(7, T0))]] {
-                let got = admit(
+                let got = admitted(
                     &held,
                     &Admission {
                         session: session(7, T0 + 1),
@@ -803,7 +848,7 @@ mod tests {
                 replace: Some(SessionId(8)),
                 unknown_until_ms: T0 + TTL,
             };
-            assert_eq!(admit(&[], &replacing_itself, T0 + 1).unwrap_err(), Refusal::IdTaken);
+            assert_eq!(admitted(&[], &replacing_itself, T0 + 1).unwrap_err(), Refusal::IdTaken);
         }
         // Were an id ever held twice, the in-place path would agree with the
         // full rule: the first record with the id decides.
@@ -816,7 +861,7 @@ mod tests {
             token_expires_ms: T0 + TTL,
             renew_to_ms: T0 + TTL,
         };
-        assert!(matches!(heartbeat(&twice, &b, T0 + 1), BeatOutcome::Stopped(_)));
+        assert!(matches!(heartbeat(&twice, &b, T0 + 1), (None, BeatOutcome::AlreadyStopped(_))));
         assert!(renewable(&twice, &b, T0 + 1).is_none());
     }
 }

@@ -114,17 +114,21 @@ pub struct Tombstone {
     pub by: Option<Arc<By>>,
 }
 
+/// One record of a user: a live session or the tombstone of a stopped one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Slot {
     Live(Session),
-    Stopped(Tombstone),
+    Tombstone(Tombstone),
 }
+
+/// One user's records, as the store holds them.
+pub type Records = Box<[Slot]>;
 
 impl Slot {
     pub fn id(&self) -> SessionId {
         match self {
             Slot::Live(s) => s.id,
-            Slot::Stopped(t) => t.id,
+            Slot::Tombstone(t) => t.id,
         }
     }
 
@@ -134,7 +138,7 @@ impl Slot {
     pub fn is_expired(&self, now: u64) -> bool {
         match self {
             Slot::Live(s) => s.expires_ms.get() <= now,
-            Slot::Stopped(t) => t.until_ms < now,
+            Slot::Tombstone(t) => t.until_ms < now,
         }
     }
 }

@@ -27,10 +27,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
-use crate::policy::{self, Admission, Beat, BeatOutcome, Refusal, Stop, StopOutcome};
-use crate::session::{Session, Slot, Tombstone};
+use crate::policy::{self, Admission, Admitted, Beat, BeatOutcome, Refusal, Ruling, Stop, StopOutcome};
+use crate::session::{Records, Session, Slot};
 use crate::sweeper::{self, FreedHook};
-use crate::wire::{Policy, SessionId};
+use crate::wire::Policy;
 
 /// 128 bits of SipHash-2-4 over (tenant, user), under a random per-process
 /// key: a keyed 128-bit PRF, so nobody can aim two names at one key (without
@@ -41,7 +41,6 @@ use crate::wire::{Policy, SessionId};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct UserKey(u128);
 
-type Records = Box<[Slot]>;
 type Map = HashMap<UserKey, Records, ahash::RandomState>;
 
 /// papaya never shrinks its table on removals, so once a large map has
@@ -67,42 +66,6 @@ pub struct Store {
     /// rounded up to a second): see [`Store::sessions_expire_by`].
     expire_by: AtomicU64,
     user_hasher: SipHasher24,
-}
-
-/// A successful start.
-#[derive(Debug)]
-pub struct Admitted {
-    pub active: usize,
-    pub evicted: Vec<SessionId>,
-    pub replaced: usize,
-    pub expired: usize,
-}
-
-/// A heartbeat's result.
-#[derive(Debug)]
-pub enum Beaten {
-    Renewed {
-        healed: bool,
-        stopped: usize,
-        expired: usize,
-    },
-    Lost {
-        healed: bool,
-        stopped: usize,
-        expired: usize,
-    },
-    Stopped(Tombstone),
-    /// The user is at its record bound: retry later.
-    Full,
-}
-
-/// Whether a stop was recorded.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Stopped {
-    /// Done (or already done); `expired` sessions were dropped on the way.
-    Done { expired: usize },
-    /// The user is at its record bound: retry later.
-    Full,
 }
 
 /// What one sweep found.
@@ -201,20 +164,15 @@ impl Store {
         }
     }
 
-    /// Runs `rule` on `user`'s records as one atomic step. `rule` returns the
-    /// new records (or `None` to leave them untouched) and stores what the
-    /// caller needs in `out`; it may run several times, the last run counts.
-    fn update<T>(&self, user: UserKey, rule: impl FnMut(&[Slot]) -> (Option<Records>, T)) -> T {
+    /// Runs `rule` on `user`'s records as one atomic step and returns the
+    /// outcome of its [`Ruling`]; `rule` may run several times, the last run
+    /// counts.
+    fn update<T>(&self, user: UserKey, rule: impl FnMut(&[Slot]) -> Ruling<T>) -> T {
         let map = self.map.load();
         Self::update_in(&map, &self.records, user, rule)
     }
 
-    fn update_in<T>(
-        map: &Map,
-        records: &AtomicI64,
-        user: UserKey,
-        mut rule: impl FnMut(&[Slot]) -> (Option<Records>, T),
-    ) -> T {
+    fn update_in<T>(map: &Map, records: &AtomicI64, user: UserKey, mut rule: impl FnMut(&[Slot]) -> Ruling<T>) -> T {
         let mut out = None;
         let map = map.pin();
         let result = map.compute(user, |entry| {
@@ -244,33 +202,21 @@ impl Store {
         out.expect("compute ran the rule")
     }
 
+    /// docs/spec.md §5: one start, as [`policy::admit`] judges it.
     pub fn admit(&self, user: UserKey, a: &Admission<'_>, now: u64) -> Result<Admitted, Refusal> {
         self.note_expiry(a.session.expires_ms.get());
-        self.update(user, |current| match policy::admit(current, a, now) {
-            Ok(ok) => (
-                Some(ok.slots),
-                Ok(Admitted { active: ok.active, evicted: ok.evicted, replaced: ok.replaced, expired: ok.expired }),
-            ),
-            Err(refused) => (None, Err(refused)),
-        })
+        self.update(user, |current| policy::admit(current, a, now))
     }
 
-    pub fn heartbeat(&self, user: UserKey, b: &Beat<'_>, now: u64) -> Beaten {
+    /// docs/spec.md §6: one heartbeat, as [`policy::heartbeat`] judges it;
+    /// renewed in place when that is all it would do.
+    pub fn heartbeat(&self, user: UserKey, b: &Beat<'_>, now: u64) -> BeatOutcome {
         // A rebuilt session takes this expiry too (it is renewed).
         self.note_expiry(b.renew_to_ms);
         if self.renew_in_place(user, b, now) {
-            return Beaten::Renewed { healed: false, stopped: 0, expired: 0 };
+            return BeatOutcome::Renewed { healed: false, over_limit: Vec::new(), expired: 0 };
         }
-        self.update(user, |current| match policy::heartbeat(current, b, now) {
-            BeatOutcome::Renewed { slots, healed, stopped, expired } => {
-                (Some(slots), Beaten::Renewed { healed, stopped: stopped.len(), expired })
-            }
-            BeatOutcome::Lost { slots, healed, stopped, expired } => {
-                (Some(slots), Beaten::Lost { healed, stopped: stopped.len(), expired })
-            }
-            BeatOutcome::Stopped(t) => (None, Beaten::Stopped(t)),
-            BeatOutcome::Full => (None, Beaten::Full),
-        })
+        self.update(user, |current| policy::heartbeat(current, b, now))
     }
 
     /// The common heartbeat without a copy: whether it was done.
@@ -282,14 +228,9 @@ impl Store {
             .is_some_and(|me| me.expires_ms.renew(now, b.renew_to_ms))
     }
 
-    pub fn stop(&self, user: UserKey, s: &Stop, now: u64) -> Stopped {
-        self.update(user, |current| match policy::stop(current, s, now) {
-            StopOutcome::Stopped { slots, expired } | StopOutcome::Remembered { slots, expired } => {
-                (Some(slots), Stopped::Done { expired })
-            }
-            StopOutcome::AlreadyStopped => (None, Stopped::Done { expired: 0 }),
-            StopOutcome::Full => (None, Stopped::Full),
-        })
+    /// docs/spec.md §4 stop, as [`policy::stop`] judges it.
+    pub fn stop(&self, user: UserKey, s: &Stop, now: u64) -> StopOutcome {
+        self.update(user, |current| policy::stop(current, s, now))
     }
 
     /// Live sessions oldest first and the units they count as (read only).
@@ -488,6 +429,7 @@ fn count(slots: &[Slot], now: u64) -> (usize, usize) {
 mod tests {
     use super::*;
     use crate::policy::{Beat, Limits};
+    use crate::wire::SessionId;
     use std::sync::Arc;
 
     fn admission(id: u64, now: u64, limit: u32) -> Admission<'static> {
@@ -602,7 +544,7 @@ mod tests {
         store.admit(a, &admission(1, 0, 8), 0).unwrap();
         let rebuild = || admission(1, 0, 8).session;
         let before = records_at(&store, a);
-        assert!(matches!(store.heartbeat(a, &beat_of(1, 120_000, &rebuild), 1000), Beaten::Renewed { .. }));
+        assert!(matches!(store.heartbeat(a, &beat_of(1, 120_000, &rebuild), 1000), BeatOutcome::Renewed { .. }));
         assert_eq!(records_at(&store, a), before, "the same records, renewed in place");
         assert_eq!(store.live(a, Policy::RejectNew, 1000).1[0].expires_ms.get(), 120_000);
 
@@ -633,7 +575,7 @@ mod tests {
                     let to = 100_000 + i;
                     let before = records_at(&store, a);
                     match store.heartbeat(a, &beat_of(1, to, &rebuild), 1) {
-                        Beaten::Renewed { .. } => last = to,
+                        BeatOutcome::Renewed { .. } => last = to,
                         other => panic!("{other:?}"),
                     }
                     in_place += usize::from(records_at(&store, a) == before);

@@ -256,7 +256,7 @@ pub struct ErrorBody<'a> {
 #[serde(untagged)]
 pub enum ErrorExtra<'a> {
     Limit { limit: u32, active: usize, sessions: &'a [SessionView] },
-    Stopped { reason: StopReason, by: Option<&'a SessionView> },
+    SessionStopped { reason: StopReason, by: Option<&'a SessionView> },
 }
 
 /// Milliseconds to whole Unix seconds, as the API shows times.
@@ -317,7 +317,7 @@ mod tests {
         let body = ErrorBody {
             error: "session_stopped",
             message: "m",
-            extra: Some(ErrorExtra::Stopped { reason: StopReason::LimitExceeded, by: None }),
+            extra: Some(ErrorExtra::SessionStopped { reason: StopReason::LimitExceeded, by: None }),
         };
         assert_eq!(
             serde_json::to_string(&body).unwrap(),

@@ -108,7 +108,7 @@ use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner}
 use streamcap::config::{Config, DEV_TENANT, DEV_TENANT_KEY, Overrides};
 use streamcap::grant::GrantClaims;
 use streamcap::keys::Key;
-use streamcap::limiter::{Error, Limiter, Renewed, Settings};
+use streamcap::limiter::{Error, Issued, Limiter, Settings};
 use streamcap::metrics::Metrics;
 use streamcap::token::Lease;
 use streamcap::wire::{Policy, SessionId, SessionView, StopReason};
@@ -627,7 +627,7 @@ fn status(e: &Error) -> u16 {
         Error::InvalidGrant(_) | Error::InvalidToken(_) => 401,
         Error::Forbidden(_) => 403,
         Error::LimitReached { .. } => 409,
-        Error::Stopped { .. } => 410,
+        Error::SessionStopped { .. } => 410,
         Error::OverCapacity => 503,
     }
 }
@@ -834,12 +834,12 @@ impl World {
         let (actual, new) = match answer {
             Ok(s) => {
                 let out = StartOut::Admitted {
-                    active: s.active,
+                    active: s.admitted.active,
                     limit: s.limit,
-                    evicted: s.evicted.clone(),
-                    expires: s.expires_ms,
+                    evicted: s.admitted.evicted.clone(),
+                    expires: s.lease.expires_ms,
                 };
-                (out, Some((s.session_id, s.token)))
+                (out, Some((s.lease.session_id, s.lease.token)))
             }
             Err(Error::LimitReached { group, limit, active, sessions }) => {
                 let sessions = sessions.iter().map(|v| v.session_id.expect("listed id")).collect();
@@ -1040,9 +1040,9 @@ impl World {
         let id = self.sessions[s].id;
         let answer = self.limiter.heartbeat(&self.names[user], id, &token, self.now);
         let healed = self.limiter.metrics().heartbeats_healed.load(Relaxed) > healed_before;
-        let (actual, renewed): (BeatOut, Option<Renewed>) = match answer {
+        let (actual, renewed): (BeatOut, Option<Issued>) = match answer {
             Ok(r) => (BeatOut::Renewed { expires: r.expires_ms }, Some(r)),
-            Err(Error::Stopped { reason, by }) => (BeatOut::Stopped { reason, by: by_of(&by) }, None),
+            Err(Error::SessionStopped { reason, by }) => (BeatOut::Stopped { reason, by: by_of(&by) }, None),
             Err(Error::InvalidToken(_)) => (BeatOut::Invalid, None),
             Err(e) => return Err(self.fail(format!("heartbeat answered {} {e:?}", status(&e)))),
         };
@@ -1397,7 +1397,7 @@ impl Fixed {
 
     fn start(&self, limit: i64, policy: &str, now: u64) -> (SessionId, String) {
         let s = self.limiter.start("alice", &self.grant(limit, policy, now), None, now).expect("201");
-        (s.session_id, s.token)
+        (s.lease.session_id, s.lease.token)
     }
 
     fn beat(&self, id: SessionId, token: &str, now: u64) -> Result<String, Error> {
@@ -1411,7 +1411,7 @@ impl Fixed {
 
 fn assert_stopped(answer: Result<String, Error>, reason: StopReason, what: &str) {
     match answer {
-        Err(Error::Stopped { reason: got, .. }) if got == reason => {}
+        Err(Error::SessionStopped { reason: got, .. }) if got == reason => {}
         other => panic!("{what}: expected 410 {}, got {other:?}", reason.as_str()),
     }
 }
