@@ -1,9 +1,9 @@
-// streamcap player load test for k6 (also runs on the Node shim in ./shim).
+// streamcap player load test for k6 (v1.1.0 or later; loadtest/k6/smoke.sh checks it).
 //
 // Each VU is a video player: it takes a grant, starts a session
 // (POST /v1/users/{user}/sessions), heartbeats every `poll_after` seconds
 // with the latest lease token (POST .../sessions/{id}/heartbeat) BEATS times,
-// then stops (DELETE .../sessions/{id}), as in the HTTP API contract (SPEC §4).
+// then stops (DELETE .../sessions/{id}), as in the HTTP API contract (docs/spec.md §4).
 //
 // Expected outcomes that are not failures:
 //   409 on start  (limit_reached / group_limit_reached) -> counter starts_rejected
