@@ -27,7 +27,23 @@ const FILES = {
   '/demo.js': [path.join(here, 'demo.js'), 'text/javascript; charset=utf-8'],
   '/demo.css': [path.join(here, 'demo.css'), 'text/css; charset=utf-8'],
   '/streamcap-player.js': [path.join(repoRoot, 'clients', 'js', 'streamcap-player.js'), 'text/javascript; charset=utf-8'],
+  '/shaka-player.js': [path.join(repoRoot, 'clients', 'node_modules', 'shaka-player', 'dist', 'shaka-player.compiled.js'), 'text/javascript; charset=utf-8'],
 };
+
+/** The encrypted test content (clients/drm/content), served under /content/. */
+export const CONTENT_DIR = path.join(repoRoot, 'clients', 'drm', 'content');
+const CONTENT_TYPES = { '.mpd': 'application/dash+xml', '.mp4': 'video/mp4', '.m4s': 'video/mp4' };
+
+/**
+ * The file and type for a /content/ path: the manifest and the media segments
+ * only (not keys.json: the keys are for the licence server).
+ * @returns {[string, string] | null}
+ */
+export function contentFile(pathname) {
+  const m = /^\/content\/((?:[A-Za-z0-9_-]+\/)*[A-Za-z0-9_-]+(\.[a-z0-9]+))$/.exec(pathname);
+  if (!m || !CONTENT_TYPES[m[2]]) return null;
+  return [path.join(CONTENT_DIR, ...m[1].split('/')), CONTENT_TYPES[m[2]]];
+}
 
 const NAME = /^[A-Za-z0-9._~-]{1,128}$/;
 const POLICIES = new Set(['reject_new', 'evict_oldest', 'reject_new_device']);
@@ -109,8 +125,8 @@ export function startDemoServer({ port = 0, api = 'http://127.0.0.1:8080', bin }
         return;
       }
       if (url.pathname === '/favicon.ico') return send(204, 'text/plain', '');
-      const file = FILES[url.pathname];
-      if (!file) return send(404, 'text/plain', 'not found\n');
+      const file = FILES[url.pathname] ?? contentFile(url.pathname);
+      if (!file || !existsSync(file[0])) return send(404, 'text/plain', 'not found\n');
       send(200, file[1], await readFile(file[0]));
     } catch (e) {
       send(500, 'text/plain', `${e.message}\n`);

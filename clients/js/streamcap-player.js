@@ -336,11 +336,12 @@ export class StreamcapPlayer {
    * the licence route): `POST {baseUrl}/v1/users/{user}/sessions/{session}/licence/{system}`
    * with `Authorization: Bearer <token>` (the newest {@link StreamcapPlayer#token}).
    * @param {'widevine'|'playready'|'fairplay'|'clearkey'} system
+   * @param {string|null} [sessionId] another session's id (default: this player's)
    * @returns {string|null} null while there is no session
    */
-  licenceUrl(system) {
-    if (!this.sessionId) return null;
-    return `${this.#userPath()}/sessions/${encodeURIComponent(this.sessionId)}/licence/${encodeURIComponent(system)}`;
+  licenceUrl(system, sessionId = this.sessionId) {
+    if (!sessionId) return null;
+    return `${this.#userPath()}/sessions/${encodeURIComponent(sessionId)}/licence/${encodeURIComponent(system)}`;
   }
 
   /**
@@ -684,11 +685,13 @@ export function attachShaka(streamcap, shakaPlayer, options = {}) {
   };
 
   // Shaka picks a key system only if it has a server: point them at the gate.
-  // The request filter puts in the current session's URL and token.
+  // The request filter puts in the current session's URL and token (Shaka
+  // picks the network plugin from this URL's scheme before filters run, so
+  // it is the gate's URL with a placeholder session).
   const servers = {};
   for (const ks of keySystems) {
     const system = KEY_SYSTEMS[ks];
-    if (system) servers[ks] = streamcap.licenceUrl(system) ?? `streamcap:licence/${system}`;
+    if (system) servers[ks] = streamcap.licenceUrl(system, streamcap.sessionId ?? '-');
   }
   shakaPlayer.configure({ drm: { servers } });
 

@@ -35,17 +35,36 @@ export function devEnv() {
   return env;
 }
 
-/** A TCP port on 127.0.0.1 that was free a moment ago. */
-export function freePort() {
+function tryPort(port) {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
     srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
+    srv.listen(port, '127.0.0.1', () => {
+      const { port: actual } = srv.address();
+      srv.close(() => resolve(actual));
     });
   });
+}
+
+/**
+ * A TCP port on 127.0.0.1 that was free a moment ago: any (the system's
+ * choice), or one of `CLIENTS_TEST_PORTS=LOW-HIGH` when that is set (for
+ * machines where each user keeps to a range of ports).
+ */
+export async function freePort() {
+  const range = /^(\d+)-(\d+)$/.exec(process.env.CLIENTS_TEST_PORTS ?? '');
+  if (!range) return tryPort(0);
+  const [lo, hi] = [Number(range[1]), Number(range[2])];
+  for (let i = 0; i < 200; i++) {
+    const port = lo + Math.floor(Math.random() * (hi - lo + 1));
+    try {
+      return await tryPort(port);
+    } catch {
+      // taken: try another
+    }
+  }
+  throw new Error(`no free port in ${lo}-${hi}`);
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -65,17 +84,18 @@ export async function eventually(check, ms = 5000, what = 'condition') {
 }
 
 /**
- * Starts `streamcap serve` in dev mode. With `port`/`adminPort` it reuses
- * those (a restart on the same address); otherwise it picks free ones.
- * Resolves once /healthz answers (within 15 s).
+ * Starts `streamcap serve`: in dev mode, or with a configuration file
+ * (`config`: its path). With `port`/`adminPort` it reuses those (a restart on
+ * the same address); otherwise it picks free ones. Resolves once /healthz
+ * answers (within 15 s).
  */
-export async function startServer({ port, adminPort, extraArgs = [] } = {}) {
+export async function startServer({ port, adminPort, config, extraArgs = [] } = {}) {
   port ??= await freePort();
   adminPort ??= await freePort();
   const bin = streamcapBin();
   const child = spawn(
     bin,
-    ['serve', '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${adminPort}`, ...extraArgs],
+    ['serve', ...(config ? ['--config', config] : []), '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${adminPort}`, ...extraArgs],
     { env: devEnv(), stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let log = '';
@@ -175,4 +195,43 @@ export async function listSessions(baseUrl, user, grant) {
   const r = await fetch(`${baseUrl}/v1/users/${user}/sessions`, { headers: { Authorization: `Bearer ${grant}` } });
   if (r.status !== 200) throw new Error(`list: ${r.status} ${await r.text()}`);
   return r.json();
+}
+
+/** The dev tenant's key (public, as in src/config.rs): a config with tenant "demo" and this key accepts `mint()`'s grants. */
+export const DEV_TENANT_KEY = '64656d6f2d74656e616e742d6b65792d6e6f742d612d7365637265742d212121';
+
+/** 64 random hex characters. */
+export function randomKeyHex() {
+  return Array.from(crypto.getRandomValues(new Uint8Array(32)), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+const tomlString = (s) => JSON.stringify(String(s));
+
+/**
+ * A streamcap configuration (TOML) for the licence gate: tenant "demo" with
+ * the dev tenant's key (so `mint()` grants work), a server key of its own,
+ * and a ClearKey upstream with the given injected headers.
+ * @param {{upstream: string, headers?: Record<string, string>, serverKey?: string, policy?: string}} o
+ */
+export function gateConfig({ upstream, headers = {}, serverKey = randomKeyHex(), policy = 'reject_new' }) {
+  const h = Object.entries(headers).map(([k, v]) => `${tomlString(k)} = ${tomlString(v)}`).join(', ');
+  return [
+    'cors_origins = ["*"]',
+    'licence_connect_timeout_ms = 2000',
+    'licence_timeout_ms = 8000',
+    '',
+    '[[server_keys]]',
+    'kid = "t1"',
+    `secret = ${tomlString(serverKey)}`,
+    '',
+    '[[tenants]]',
+    'id = "demo"',
+    `default_policy = ${tomlString(policy)}`,
+    `keys = [{ kid = "dev", secret = ${tomlString(DEV_TENANT_KEY)} }]`,
+    '[tenants.licence.clearkey]',
+    `upstream = ${tomlString(upstream)}`,
+    `headers = { ${h} }`,
+    'pass_headers = []',
+    '',
+  ].join('\n');
 }
