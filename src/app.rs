@@ -115,12 +115,12 @@ async fn reload_on_hangup(server: Arc<Server>, overrides: Overrides, env_keys: O
                     tracing::warn!("listen, admin_listen and sweep_millis changes take effect at the next restart");
                 }
                 server.reload(&next);
-                server.metrics().reloads_ok.fetch_add(1, Ordering::Relaxed);
+                server.metrics().reloaded(true);
                 tracing::info!(config = %next.summary(), "configuration reloaded");
                 current = next;
             }
             Err(e) => {
-                server.metrics().reloads_refused.fetch_add(1, Ordering::Relaxed);
+                server.metrics().reloaded(false);
                 tracing::error!(error = %e, "configuration reload refused; the previous one stays in force");
             }
         }

@@ -18,7 +18,7 @@ use crate::metrics::{Metrics, Rejection};
 use crate::policy::{Admission, Admitted, Beat, BeatOutcome, Limits, Refusal, Refused, Stop, StopOutcome};
 use crate::session::{By, Info, Session};
 use crate::store::{Store, Swept};
-use crate::sweeper::{self, FreedHook};
+use crate::sweeper::FreedHook;
 use crate::token::{InvalidToken, Lease, LeaseClaims};
 use crate::wire::{self, SessionId, SessionView, StopReason};
 
@@ -169,7 +169,7 @@ impl Limiter {
         let s = &**settings;
         let g = self.grant_for(s, user, token, now).inspect_err(|e| self.count_start_error(e))?;
         if self.store.records() >= s.max_sessions {
-            self.metrics.rejected(Rejection::OverCapacity);
+            self.metrics.start_refused(Rejection::OverCapacity);
             return Err(Error::OverCapacity);
         }
         let expires_ms = now + s.ttl_ms(g.poll_secs);
@@ -194,7 +194,7 @@ impl Limiter {
                 poll_secs: g.poll_secs,
             };
             let token = claims.mint(s.server_keys.signing()).ok_or_else(|| {
-                self.metrics.rejected(Rejection::InvalidGrant);
+                self.metrics.start_refused(Rejection::InvalidGrant);
                 Error::InvalidGrant("tenant, sub, group and device are too long together for a lease token")
             })?;
             let admission = Admission {
@@ -210,31 +210,32 @@ impl Limiter {
             };
             match self.store.admit(user_key, &admission, now) {
                 Ok(admitted) => {
-                    self.metrics.start_admitted();
-                    self.metrics.sessions_stopped(StopReason::Evicted, admitted.evicted.len());
-                    self.metrics.sessions_stopped(StopReason::Replaced, admitted.replaced);
-                    self.metrics.expired(admitted.expired);
+                    self.metrics.start_admitted(&admitted);
                     let lease = Issued { session_id: id, token, poll_after: g.poll_secs, expires_ms };
                     return Ok(Started { lease, limit: g.limit, admitted });
                 }
                 Err(Refusal::IdTaken) => continue,
                 Err(Refusal::Full) => {
-                    self.metrics.rejected(Rejection::OverCapacity);
+                    self.metrics.start_refused(Rejection::OverCapacity);
                     return Err(Error::OverCapacity);
                 }
                 Err(Refusal::Limit(Refused { group, limit, active, sessions })) => {
-                    self.metrics.rejected(if group { Rejection::GroupLimitReached } else { Rejection::LimitReached });
+                    self.metrics.start_refused(if group {
+                        Rejection::GroupLimitReached
+                    } else {
+                        Rejection::LimitReached
+                    });
                     let sessions = sessions.iter().map(Session::view).collect();
                     return Err(Error::LimitReached { group, limit, active, sessions });
                 }
             }
         }
-        self.metrics.rejected(Rejection::OverCapacity);
+        self.metrics.start_refused(Rejection::OverCapacity);
         Err(Error::OverCapacity)
     }
 
     fn count_start_error(&self, e: &Error) {
-        self.metrics.rejected(match e {
+        self.metrics.start_refused(match e {
             Error::Forbidden(_) => Rejection::Forbidden,
             _ => Rejection::InvalidGrant,
         });
@@ -245,7 +246,7 @@ impl Limiter {
         let settings = self.settings.load();
         let s = &**settings;
         let lease = self.lease_for(s, user, id, token, now).inspect_err(|_| {
-            self.metrics.heartbeats_invalid.fetch_add(1, Ordering::Relaxed);
+            self.metrics.heartbeat_invalid();
         })?;
         let c = lease.claims();
         let renew_to_ms = now + s.ttl_ms(c.poll_secs);
@@ -263,26 +264,16 @@ impl Limiter {
             renew_to_ms,
         };
         let user_key = self.store.user_key(c.tenant, c.user);
-        let m = &self.metrics;
-        match self.store.heartbeat(user_key, &beat, now) {
-            BeatOutcome::Renewed { healed, over_limit, expired } => {
-                m.heartbeat_ok();
-                m.healed(healed);
-                m.sessions_stopped(StopReason::LimitExceeded, over_limit.len());
-                m.expired(expired);
+        let outcome = self.store.heartbeat(user_key, &beat, now);
+        self.metrics.heartbeat(&outcome);
+        match outcome {
+            BeatOutcome::Renewed { .. } => {
                 let token = lease.renew(renew_to_ms, &s.server_keys);
                 Ok(Issued { session_id: id, token, poll_after: c.poll_secs, expires_ms: renew_to_ms })
             }
-            BeatOutcome::Lost { healed, over_limit, expired } => {
-                m.healed(healed);
-                m.sessions_stopped(StopReason::LimitExceeded, over_limit.len() + 1);
-                m.expired(expired);
-                m.heartbeat_stopped(StopReason::LimitExceeded);
-                Err(Error::SessionStopped { reason: StopReason::LimitExceeded, by: None })
-            }
+            BeatOutcome::Lost { .. } => Err(Error::SessionStopped { reason: StopReason::LimitExceeded, by: None }),
             BeatOutcome::Full => Err(Error::OverCapacity),
             BeatOutcome::AlreadyStopped(t) => {
-                m.heartbeat_stopped(t.reason);
                 Err(Error::SessionStopped { reason: t.reason, by: t.by.map(|b| Box::new(b.view())) })
             }
         }
@@ -319,15 +310,12 @@ impl Limiter {
             let stop = Stop { id, reason: StopReason::Ended, by: None, keep_until_ms: until, unknown_until_ms: until };
             (self.store.user_key(c.tenant, c.user), stop)
         };
-        let expired = match self.store.stop(user_key, &stop, now) {
-            StopOutcome::Tombstoned { expired } | StopOutcome::Remembered { expired } => expired,
-            StopOutcome::AlreadyStopped => 0,
-            StopOutcome::Full => return Err(Error::OverCapacity),
-        };
-        self.metrics.expired(expired);
-        let counter = if stop.reason == StopReason::Kicked { &self.metrics.kicks } else { &self.metrics.stops };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let outcome = self.store.stop(user_key, &stop, now);
+        self.metrics.session_stop(stop.reason, &outcome);
+        match outcome {
+            StopOutcome::Full => Err(Error::OverCapacity),
+            StopOutcome::Tombstoned { .. } | StopOutcome::Remembered { .. } | StopOutcome::AlreadyStopped => Ok(()),
+        }
     }
 
     /// docs/spec.md §4 list: live sessions, oldest first.
@@ -340,7 +328,7 @@ impl Limiter {
     /// One pass of the background sweeper (docs/spec.md §7), run now.
     pub fn sweep(&self, now: u64) -> Swept {
         let swept = self.store.sweep(now);
-        sweeper::publish(&self.metrics, &swept);
+        self.metrics.swept(&swept);
         swept
     }
 
@@ -358,7 +346,7 @@ impl Limiter {
     /// Puts the exact number of records held into `streamcap_records` (the
     /// other gauges are as of the last sweep).
     pub fn publish_records(&self) {
-        self.metrics.records.store(self.store.records(), Ordering::Relaxed);
+        self.metrics.records_held(self.store.records());
     }
 }
 

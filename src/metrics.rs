@@ -12,6 +12,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::policy::{Admitted, BeatOutcome, StopOutcome};
+use crate::store::Swept;
 use crate::wire::StopReason;
 
 /// Why a start was refused.
@@ -86,7 +88,7 @@ const STRIPES: usize = 8;
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Hot {
-    requests: [[AtomicU64; STATUSES.len()]; 6],
+    requests: [[AtomicU64; STATUSES.len()]; Route::ALL.len()],
     heartbeats_ok: AtomicU64,
     starts_admitted: AtomicU64,
 }
@@ -100,72 +102,147 @@ fn stripe() -> usize {
     STRIPE.with(|s| *s)
 }
 
+/// Every counter and gauge, bumped through one method per event.
 #[derive(Debug, Default)]
 pub struct Metrics {
     hot: [Hot; STRIPES],
-    starts_rejected: [AtomicU64; 5],
-    pub heartbeats_healed: AtomicU64,
-    pub heartbeats_invalid: AtomicU64,
-    heartbeats_stopped: [AtomicU64; 5],
-    /// Sessions stopped by a rule: eviction, replacement, limit_exceeded.
-    stopped_by_rule: [AtomicU64; 5],
-    pub stops: AtomicU64,
-    pub kicks: AtomicU64,
-    pub expiries: AtomicU64,
-    pub connections_open: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub reloads_ok: AtomicU64,
-    pub reloads_refused: AtomicU64,
+    starts_rejected: [AtomicU64; Rejection::ALL.len()],
+    heartbeats_healed: AtomicU64,
+    heartbeats_invalid: AtomicU64,
+    /// Heartbeats answered `410`, by reason.
+    heartbeats_stopped: [AtomicU64; StopReason::ALL.len()],
+    /// Sessions stopped, by reason: by a rule (eviction, replacement,
+    /// limit_exceeded) or a request (ended, kicked).
+    sessions_stopped: [AtomicU64; StopReason::ALL.len()],
+    expiries: AtomicU64,
+    sweeper_panics: AtomicU64,
+    connections_open: AtomicU64,
+    connections_refused: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_refused: AtomicU64,
     // Configured bounds, set at start and on reload, so alerts need not repeat them.
-    pub max_sessions: AtomicU64,
-    pub max_connections: AtomicU64,
-    // Gauges refreshed by the sweeper.
-    pub live_sessions: AtomicU64,
-    pub users: AtomicU64,
-    pub records: AtomicU64,
+    max_sessions: AtomicU64,
+    max_connections: AtomicU64,
+    // Gauges refreshed by the sweeper (records also by each scrape).
+    live_sessions: AtomicU64,
+    users: AtomicU64,
+    records: AtomicU64,
+}
+
+/// Adds `n` to a counter. Like every counter here that is usually bumped
+/// by nothing, adding zero is skipped: a locked add on a line both workers
+/// write costs the same whatever it adds.
+fn add(counter: &AtomicU64, n: usize) {
+    if n > 0 {
+        counter.fetch_add(n as u64, Relaxed);
+    }
 }
 
 impl Metrics {
-    pub fn rejected(&self, why: Rejection) {
-        self.starts_rejected[why as usize].fetch_add(1, Relaxed);
-    }
-
-    pub fn heartbeat_stopped(&self, reason: StopReason) {
-        self.heartbeats_stopped[reason as usize].fetch_add(1, Relaxed);
-    }
-
-    pub fn sessions_stopped(&self, reason: StopReason, n: usize) {
-        if n > 0 {
-            self.stopped_by_rule[reason as usize].fetch_add(n as u64, Relaxed);
-        }
-    }
-
-    /// Counts sessions that expired. Like every counter here that is
-    /// usually bumped by nothing, adding zero is skipped: a locked add on a
-    /// line both workers write costs the same whatever it adds.
-    pub fn expired(&self, n: usize) {
-        if n > 0 {
-            self.expiries.fetch_add(n as u64, Relaxed);
-        }
-    }
-
-    pub fn healed(&self, healed: bool) {
-        if healed {
-            self.heartbeats_healed.fetch_add(1, Relaxed);
-        }
-    }
-
+    /// A public request answered with `status`.
     pub fn request(&self, route: Route, status: u16) {
         let i = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len() - 1);
         self.hot[stripe()].requests[route as usize][i].fetch_add(1, Relaxed);
     }
 
-    pub fn heartbeat_ok(&self) {
-        self.hot[stripe()].heartbeats_ok.fetch_add(1, Relaxed);
+    /// A start admitted: it and what it stopped or dropped on the way.
+    pub fn start_admitted(&self, a: &Admitted) {
+        self.hot[stripe()].starts_admitted.fetch_add(1, Relaxed);
+        add(&self.sessions_stopped[StopReason::Evicted as usize], a.evicted.len());
+        add(&self.sessions_stopped[StopReason::Replaced as usize], a.replaced);
+        add(&self.expiries, a.expired);
     }
 
-    pub fn start_admitted(&self) {
-        self.hot[stripe()].starts_admitted.fetch_add(1, Relaxed);
+    /// A start refused.
+    pub fn start_refused(&self, why: Rejection) {
+        self.starts_rejected[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A heartbeat judged: renewed, lost to re-validation, already stopped
+    /// or refused for the user's record bound.
+    pub fn heartbeat(&self, outcome: &BeatOutcome) {
+        match outcome {
+            BeatOutcome::Renewed { healed, over_limit, expired } => {
+                self.hot[stripe()].heartbeats_ok.fetch_add(1, Relaxed);
+                add(&self.heartbeats_healed, usize::from(*healed));
+                add(&self.sessions_stopped[StopReason::LimitExceeded as usize], over_limit.len());
+                add(&self.expiries, *expired);
+            }
+            BeatOutcome::Lost { healed, over_limit, expired } => {
+                add(&self.heartbeats_healed, usize::from(*healed));
+                // The caller's own session is stopped too.
+                add(&self.sessions_stopped[StopReason::LimitExceeded as usize], over_limit.len() + 1);
+                add(&self.expiries, *expired);
+                add(&self.heartbeats_stopped[StopReason::LimitExceeded as usize], 1);
+            }
+            BeatOutcome::AlreadyStopped(t) => add(&self.heartbeats_stopped[t.reason as usize], 1),
+            BeatOutcome::Full => {}
+        }
+    }
+
+    /// A heartbeat refused with `401` or `403`.
+    pub fn heartbeat_invalid(&self) {
+        self.heartbeats_invalid.fetch_add(1, Relaxed);
+    }
+
+    /// A stop (`reason` ended) or kick (`reason` kicked) recorded.
+    pub fn session_stop(&self, reason: StopReason, outcome: &StopOutcome) {
+        let expired = match outcome {
+            StopOutcome::Tombstoned { expired } | StopOutcome::Remembered { expired } => *expired,
+            StopOutcome::AlreadyStopped => 0,
+            StopOutcome::Full => return,
+        };
+        add(&self.sessions_stopped[reason as usize], 1);
+        add(&self.expiries, expired);
+    }
+
+    /// A sweep pass: what it dropped, and the gauges as it found them.
+    pub fn swept(&self, swept: &Swept) {
+        add(&self.expiries, swept.expired);
+        self.live_sessions.store(swept.live as u64, Relaxed);
+        self.users.store(swept.users as u64, Relaxed);
+        self.records.store(swept.records as u64, Relaxed);
+    }
+
+    /// A sweep pass panicked; the sweeper carries on with the next one.
+    pub fn sweeper_panicked(&self) {
+        self.sweeper_panics.fetch_add(1, Relaxed);
+    }
+
+    /// The exact number of records held now.
+    pub fn records_held(&self, records: u64) {
+        self.records.store(records, Relaxed);
+    }
+
+    /// A public connection accepted.
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Relaxed);
+    }
+
+    /// A public connection closed.
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    /// A public connection refused at `max_connections`.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Relaxed);
+    }
+
+    /// A configuration reload put in force (`true`) or refused.
+    pub fn reloaded(&self, ok: bool) {
+        add(if ok { &self.reloads_ok } else { &self.reloads_refused }, 1);
+    }
+
+    /// The configured bounds, at start and on every reload.
+    pub fn bounds(&self, max_sessions: u64, max_connections: usize) {
+        self.max_sessions.store(max_sessions, Relaxed);
+        self.max_connections.store(max_connections as u64, Relaxed);
+    }
+
+    /// Heartbeats that rebuilt a session so far.
+    pub fn heartbeats_healed(&self) -> u64 {
+        self.heartbeats_healed.load(Relaxed)
     }
 
     /// A striped counter's total.
@@ -248,16 +325,15 @@ impl Collector for Metrics {
             &mut e,
             "streamcap_sessions_stopped",
             "Sessions stopped by a rule or a request, by reason (evictions are reason=evicted).",
-            StopReason::ALL.iter().map(|r| {
-                let v = match r {
-                    StopReason::Ended => get(&self.stops),
-                    StopReason::Kicked => get(&self.kicks),
-                    _ => get(&self.stopped_by_rule[*r as usize]),
-                };
-                (vec![("reason", r.as_str())], v)
-            }),
+            StopReason::ALL.iter().map(|r| (vec![("reason", r.as_str())], get(&self.sessions_stopped[*r as usize]))),
         )?;
         counter(&mut e, "streamcap_expiries", "Sessions that expired without a heartbeat.", get(&self.expiries))?;
+        counter(
+            &mut e,
+            "streamcap_sweeper_panics",
+            "Sweep passes that panicked (logged; the sweeper carries on).",
+            get(&self.sweeper_panics),
+        )?;
         counter_family(
             &mut e,
             "streamcap_http_requests",
@@ -320,11 +396,12 @@ mod tests {
         std::thread::scope(|s| {
             for _ in 0..2 * STRIPES + 1 {
                 s.spawn(|| {
+                    let renewed = BeatOutcome::Renewed { healed: false, over_limit: Vec::new(), expired: 0 };
                     for _ in 0..1000 {
-                        m.heartbeat_ok();
+                        m.heartbeat(&renewed);
                         m.request(Route::Heartbeat, 200);
                     }
-                    m.start_admitted();
+                    m.start_admitted(&Admitted { active: 1, evicted: Vec::new(), replaced: 0, expired: 0 });
                     m.request(Route::Start, 999);
                 });
             }

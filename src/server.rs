@@ -87,8 +87,7 @@ impl Server {
 }
 
 fn publish_bounds(metrics: &Metrics, config: &Config) {
-    metrics.max_sessions.store(config.core.max_sessions, Ordering::Relaxed);
-    metrics.max_connections.store(config.max_connections as u64, Ordering::Relaxed);
+    metrics.bounds(config.core.max_sessions, config.max_connections);
 }
 
 /// Runs a server for `config` on bound listeners until `shutdown` resolves.
@@ -146,7 +145,7 @@ async fn accept(listener: TcpListener, which: Listener, api: Arc<Api>, mut stop:
         let edge = api.edge.load();
         if open.load(Ordering::Relaxed) >= edge.max_connections as u64 {
             if let Some(m) = &metrics {
-                m.connections_refused.fetch_add(1, Ordering::Relaxed);
+                m.connection_refused();
             }
             tokio::spawn(refuse(stream));
             continue;
@@ -203,7 +202,7 @@ impl ConnGuard {
     fn new(open: Arc<AtomicU64>, metrics: Option<Arc<Metrics>>) -> ConnGuard {
         open.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &metrics {
-            m.connections_open.fetch_add(1, Ordering::Relaxed);
+            m.connection_opened();
         }
         ConnGuard { open, metrics }
     }
@@ -213,7 +212,7 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
-            m.connections_open.fetch_sub(1, Ordering::Relaxed);
+            m.connection_closed();
         }
     }
 }

@@ -22,15 +22,6 @@ pub type FreedHook = Arc<dyn Fn() + Send + Sync>;
 /// what it keeps) calls the [`FreedHook`].
 const FREED_HOOK_AFTER: usize = 4096;
 
-/// Puts what a pass found into the gauges and counters.
-pub(crate) fn publish(m: &Metrics, swept: &Swept) {
-    use std::sync::atomic::Ordering;
-    m.expired(swept.expired);
-    m.live_sessions.store(swept.live as u64, Ordering::Relaxed);
-    m.users.store(swept.users as u64, Ordering::Relaxed);
-    m.records.store(swept.records as u64, Ordering::Relaxed);
-}
-
 /// The sweeper: every `every`, or less often when the map is so large that
 /// its passes would otherwise take more than about 2% of one core. A pass
 /// sleeps briefly between chunks of users so that it never holds a core for
@@ -69,7 +60,7 @@ pub(crate) async fn run(
                         std::thread::sleep(PAUSE);
                         paused += PAUSE;
                     });
-                    publish(&metrics, &swept);
+                    metrics.swept(&swept);
                     let busy = began.elapsed().saturating_sub(paused);
                     let (hook_now, hurry) = state.after(&swept);
                     if hook_now && let Some(hook) = freed {

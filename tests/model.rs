@@ -1036,10 +1036,10 @@ impl World {
         let user = self.sessions[s].user;
         let before = self.list_ids(user)?;
         let (token, tok_exp) = self.sessions[s].tokens[k].clone();
-        let healed_before = self.limiter.metrics().heartbeats_healed.load(Relaxed);
+        let healed_before = self.limiter.metrics().heartbeats_healed();
         let id = self.sessions[s].id;
         let answer = self.limiter.heartbeat(&self.names[user], id, &token, self.now);
-        let healed = self.limiter.metrics().heartbeats_healed.load(Relaxed) > healed_before;
+        let healed = self.limiter.metrics().heartbeats_healed() > healed_before;
         let (actual, renewed): (BeatOut, Option<Issued>) = match answer {
             Ok(r) => (BeatOut::Renewed { expires: r.expires_ms }, Some(r)),
             Err(Error::SessionStopped { reason, by }) => (BeatOut::Stopped { reason, by: by_of(&by) }, None),
