@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Holds the real server to docs/openapi.yaml with Schemathesis: generated
+# requests for every operation, each answer checked for no 5xx, a documented
+# status, a body matching its schema, its content type and its documented
+# headers. Bounded: fixed seed, fixed examples per operation, one worker.
+#
+#   bash .ci/schemathesis/run.sh          # STREAMCAP_BIN overrides target/debug/streamcap
+#
+# Installs Schemathesis (pinned, requirements.txt) into a virtual environment
+# ($SCHEMATHESIS_VENV, default target/schemathesis-venv), starts the binary in
+# dev mode on free loopback ports, and runs `st run` with the hooks of
+# streamcap_hooks.py (real grants and lease tokens). Then prints how often each
+# operation answered each status and fails unless the run reached the
+# answers that need real credentials (200, 201, 204, 403, 409, 410), not
+# only 401. Reports (JUnit, NDJSON) go to target/schemathesis-report/.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here/../.."
+
+SEED=${SCHEMATHESIS_SEED:-20260}
+MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-60}
+# SCHEMATHESIS_PORT: the server's port (default: any free one).
+
+bin=${STREAMCAP_BIN:-target/debug/streamcap}
+[ -x "$bin" ] || cargo build -q
+bin=$(realpath "$bin")
+
+venv=${SCHEMATHESIS_VENV:-target/schemathesis-venv}
+if ! cmp -s "$here/requirements.txt" "$venv/.requirements.txt" 2>/dev/null; then
+  rm -rf "$venv"
+  python3 -m venv "$venv" 2>/dev/null || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
+  cp "$here/requirements.txt" "$venv/.requirements.txt"
+fi
+"$venv/bin/st" --version
+
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+  if [ -n "$server_pid" ]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Dev mode: no STREAMCAP_* variable may reach the server.
+: >"$work/server.log"
+env $(env | grep -o '^STREAMCAP_[A-Z_]*' | sed 's/^/-u /') \
+  "$bin" serve --listen "127.0.0.1:${SCHEMATHESIS_PORT:-0}" --admin-listen 127.0.0.1:0 2>"$work/server.log" &
+server_pid=$!
+port=
+for _ in $(seq 100); do
+  port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\),.*/\1/p' "$work/server.log" | head -1)
+  [ -n "$port" ] && break
+  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log"; echo "the server did not start" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$port" ] || { echo "the server logged no address" >&2; exit 1; }
+echo "server: $bin on 127.0.0.1:$port (dev mode)"
+
+report=target/schemathesis-report
+rm -rf "$report" && mkdir -p "$report"
+status=0
+STREAMCAP_BIN="$bin" STREAMCAP_URL="http://127.0.0.1:$port" STREAMCAP_TALLY="$work/tally.json" STREAMCAP_HOOKS_LOG="$report/requests.log" \
+  PYTHONPATH="$here" SCHEMATHESIS_HOOKS=streamcap_hooks \
+  timeout 600 "$venv/bin/st" run docs/openapi.yaml \
+  --url "http://127.0.0.1:$port" \
+  --checks not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance,response_headers_conformance \
+  --seed "$SEED" --max-examples "$MAX_EXAMPLES" --workers 1 \
+  --generation-database none --request-timeout 10 \
+  --report junit,ndjson --report-dir "$report" \
+  --no-color || status=$?
+
+echo "== answers by operation and status"
+python3 - "$work/tally.json" <<'PY'
+import json, sys
+tally = json.load(open(sys.argv[1]))
+for key, n in tally.items():
+    print(f"{n:6d}  {key}")
+seen = {int(k.split(" ")[2]) for k in tally}
+missing = sorted({200, 201, 204, 403, 409, 410} - seen)
+print(f"{sum(tally.values())} requests; statuses seen: {sorted(seen)}")
+if missing:
+    sys.exit(f"never answered {missing}: the credentials did not reach the interesting paths")
+PY
+kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log"; echo "the server died during the run" >&2; exit 1; }
+exit "$status"
