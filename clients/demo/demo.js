@@ -1,10 +1,13 @@
-// The demo page: one simulated player on the streamcap player module.
+// The demo page: one player on the streamcap player module, playing the
+// encrypted test content (clients/drm/content) with Shaka Player, its
+// licences through the streamcap licence gate.
 //
 // Query parameters: api (the streamcap API origin; default from
 // /config.json), user, limit, label, device, content, policy, poll, and
-// grant (use this grant instead of asking /grant), autostart=1.
+// grant (use this grant instead of asking /grant), autostart=1, video=0 (no
+// video: the session only).
 
-import { StreamcapPlayer } from './streamcap-player.js';
+import { StreamcapPlayer, attachShaka } from './streamcap-player.js';
 
 const q = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -34,6 +37,69 @@ document.title = `${label} · streamcap demo`;
 
 const player = new StreamcapPlayer({ baseUrl: api, user, grant: getGrant });
 window.streamcapPlayer = player; // for poking at it from the console
+
+// ---- the video ---------------------------------------------------------------
+// Licence requests go through the gate with the lease (attachShaka); their
+// answers renew it, so they count as heartbeats. A stop (410 kicked, evicted…)
+// unloads the video, which drops its keys.
+
+const video = $('video');
+const withVideo = q.get('video') !== '0' && typeof shaka !== 'undefined' && shaka.Player.isBrowserSupported();
+let shakaPlayer = null;
+let licenceCount = 0;
+const videoState = (state, text) => {
+  $('video-state').dataset.state = state;
+  $('video-state').textContent = text;
+  $('screen').querySelector('.picture').dataset.video = state === 'playing' || state === 'loading' || state === 'waiting' ? 'on' : 'off';
+};
+if (withVideo) {
+  shaka.polyfill.installAll();
+  shakaPlayer = new shaka.Player();
+  await shakaPlayer.attach(video);
+  window.shakaPlayer = shakaPlayer;
+  attachShaka(player, shakaPlayer, {
+    keySystems: ['org.w3.clearkey'],
+    onStopped: async () => {
+      await shakaPlayer.unload();
+      videoState('stopped', 'stopped: keys dropped');
+    },
+  });
+  shakaPlayer.getNetworkingEngine().registerResponseFilter((type, response) => {
+    if (type !== shaka.net.NetworkingEngine.RequestType.LICENSE) return;
+    licenceCount += 1;
+    $('licences').textContent = `${licenceCount} through the gate, last ${new Date().toLocaleTimeString()}`;
+    log(`licence ${response.status ?? 200} through the gate${response.headers['streamcap-token'] ? ': lease renewed' : ''}`);
+  });
+  shakaPlayer.addEventListener('error', (e) => {
+    const err = e.detail;
+    const inner = err.data?.[0];
+    const status = inner?.data?.[1];
+    const why = status === 404
+      ? 'the gate has no ClearKey upstream (run streamcap with clients/demo/streamcap-demo.toml)'
+      : status ? `HTTP ${status}` : `code ${inner?.code ?? ''}`;
+    log(`video error ${err.code}${why ? `: ${why}` : ''}`);
+    if (err.severity === shaka.util.Error.Severity.CRITICAL) videoState('error', `error ${err.code}: ${why}`);
+  });
+  video.addEventListener('playing', () => videoState('playing', 'playing'));
+  video.addEventListener('waitingforkey', () => {
+    videoState('waiting', `waiting for a key at ${video.currentTime.toFixed(1)} s`);
+    log(`video waits for a key at ${video.currentTime.toFixed(1)} s`);
+  });
+  video.addEventListener('ended', () => videoState('ended', 'ended'));
+} else {
+  videoState('off', q.get('video') === '0' ? 'off (video=0)' : 'not supported here');
+}
+
+async function loadVideo() {
+  if (!shakaPlayer) return;
+  videoState('loading', 'loading…');
+  try {
+    await shakaPlayer.load('content/manifest.mpd');
+    video.play().catch(() => {});
+  } catch (e) {
+    videoState('error', `load failed: ${e.code ?? e.message}`);
+  }
+}
 
 // ---- rendering ---------------------------------------------------------------
 
@@ -158,7 +224,7 @@ player.on('refused', (r) => {
 player.on('error', (r) => log(`start failed: ${r.status} ${r.error} ${r.message}`));
 player.on('heartbeat', (h) => {
   render();
-  log(`heartbeat ok${h.recovered ? ' (recovered)' : ''}, next in ~${h.pollAfter} s`);
+  if (h.via === 'heartbeat') log(`heartbeat ok${h.recovered ? ' (recovered)' : ''}, next in ~${h.pollAfter} s`);
 });
 player.on('retry', (e) => log(`heartbeat failed (${e.error}), retry #${e.attempt}`));
 player.on('stopped', (info) => {
@@ -169,7 +235,8 @@ player.on('stopped', (info) => {
 
 async function play() {
   if (['starting', 'playing', 'retrying', 'stopping'].includes(player.state)) return;
-  await player.start();
+  const r = await player.start();
+  if (r.ok) await loadVideo();
 }
 
 async function kickAndPlay(s) {
@@ -177,11 +244,20 @@ async function kickAndPlay(s) {
   log(`stopping ${who(s)} (${s.session_id})`);
   const k = await player.kick(s.session_id);
   if (!k.ok) log(`kick failed: ${k.status} ${k.error ?? ''}`);
-  await player.start();
+  const r = await player.start();
+  if (r.ok) await loadVideo();
+}
+
+async function stop() {
+  await player.stop();
+  if (shakaPlayer) {
+    await shakaPlayer.unload();
+    videoState('stopped', 'stopped');
+  }
 }
 
 $('play').addEventListener('click', play);
-$('stop').addEventListener('click', () => player.stop());
+$('stop').addEventListener('click', stop);
 render();
 document.body.dataset.ready = '1';
 if (q.get('autostart') === '1') play();

@@ -2,9 +2,14 @@
 // A tiny static server for the streamcap demo page, for development only.
 // Node 20+, no dependencies, listens on 127.0.0.1 only.
 //
-//   node clients/demo/serve.mjs [--port 8000] [--api http://127.0.0.1:8080]
+//   node clients/demo/serve.mjs [--port 8000] [--api http://127.0.0.1:8080] [--licence-port 8081]
 //
-// Serves clients/demo/* and the player module (/streamcap-player.js), and
+// Serves clients/demo/*, the player module (/streamcap-player.js), Shaka
+// Player (/shaka-player.js, from clients/node_modules) and the encrypted test
+// content (/content/, from clients/drm/content); starts the test ClearKey
+// licence server (clients/drm/clearkey-server.mjs) on --licence-port (0: none),
+// which gives keys only to requests carrying `X-Licence-Auth: secret-for-demo`,
+// the header clients/demo/streamcap-demo.toml makes the gate add; and
 // GET /grant?user=…&limit=…[&device&label&content&policy&poll] which shells
 // out to `streamcap mint` with the DEV tenant (every STREAMCAP_* variable is
 // dropped, so it can never mint for a real tenant): a stand-in for your
@@ -17,6 +22,8 @@ import { readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+
+import { startClearKeyServer } from '../drm/clearkey-server.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, '..', '..');
@@ -92,12 +99,20 @@ function mintArgs(q) {
   return args;
 }
 
+/** The credential the demo's licence server wants and streamcap-demo.toml makes the gate add. */
+export const DEMO_LICENCE_HEADER = { name: 'X-Licence-Auth', value: 'secret-for-demo' };
+
 /**
- * Starts the demo server on 127.0.0.1.
- * @param {{port?: number, api?: string, bin?: string}} [opts]
- * @returns {Promise<{url: string, port: number, close: () => Promise<void>}>}
+ * Starts the demo server on 127.0.0.1, and with `licencePort` (a number, 0:
+ * any free port) the ClearKey licence server too.
+ * @param {{port?: number, api?: string, bin?: string, licencePort?: number|null}} [opts]
+ * @returns {Promise<{url: string, port: number, licence: {url: string, port: number, requests: object[]}|null,
+ *   close: () => Promise<void>}>}
  */
-export function startDemoServer({ port = 0, api = 'http://127.0.0.1:8080', bin } = {}) {
+export async function startDemoServer({ port = 0, api = 'http://127.0.0.1:8080', bin, licencePort = null } = {}) {
+  const licence = licencePort === null || licencePort === undefined
+    ? null
+    : await startClearKeyServer({ port: licencePort, requireHeader: DEMO_LICENCE_HEADER });
   const exe = streamcapBin(bin);
   const server = http.createServer(async (req, res) => {
     const url = new URL(req.url, 'http://127.0.0.1');
@@ -139,11 +154,14 @@ export function startDemoServer({ port = 0, api = 'http://127.0.0.1:8080', bin }
       resolve({
         url: `http://127.0.0.1:${actual}`,
         port: actual,
-        close: () =>
-          new Promise((r) => {
+        licence,
+        close: async () => {
+          await new Promise((r) => {
             server.closeAllConnections?.();
             server.close(() => r());
-          }),
+          });
+          await licence?.close();
+        },
       });
     });
   });
@@ -157,14 +175,16 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     return i >= 0 && argv[i + 1] ? argv[i + 1] : dflt;
   };
   if (argv.includes('-h') || argv.includes('--help')) {
-    console.log('usage: node clients/demo/serve.mjs [--port 8000] [--api http://127.0.0.1:8080] [--bin PATH]');
+    console.log('usage: node clients/demo/serve.mjs [--port 8000] [--api http://127.0.0.1:8080] [--licence-port 8081] [--bin PATH]');
     process.exit(0);
   }
-  const { url } = await startDemoServer({
+  const { url, licence } = await startDemoServer({
     port: Number(opt('--port', '8000')),
     api: opt('--api', 'http://127.0.0.1:8080'),
     bin: opt('--bin', undefined),
+    licencePort: Number(opt('--licence-port', '8081')) || null,
   });
+  if (licence) console.log(`ClearKey licence server (test keys) on ${licence.url}`);
   console.log(`streamcap demo (dev only) on ${url}/?user=alice&limit=2&label=Tab%201`);
   console.log(`open it in two or three tabs with different labels; API: ${opt('--api', 'http://127.0.0.1:8080')}`);
 }
