@@ -137,7 +137,7 @@ fn dev_banner(addr: SocketAddr) -> String {
         exp: now + 24 * 3600,
         ..Default::default()
     };
-    let key = Key::parse("dev", config::DEV_TENANT_KEY).map(|k| k.secret).unwrap_or_default();
+    let key = Key::parse("dev", config::DEV_TENANT_KEY).expect("the dev tenant key is valid").secret;
     let grant = claims.mint(&key);
     format!(
         "\n!!! DEV MODE: no configuration was given. Tenant \"{}\" and the server key use\n\

@@ -149,8 +149,7 @@ fn close(mut r: Reply) -> Reply {
 }
 
 pub fn json(status: StatusCode, body: &impl Serialize) -> Reply {
-    // Our bodies are plain structs of strings and numbers: serialising cannot fail.
-    json_bytes(status, serde_json::to_vec(body).unwrap_or_default())
+    json_bytes(status, serde_json::to_vec(body).expect("our bodies are plain structs of strings and numbers"))
 }
 
 fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Reply {

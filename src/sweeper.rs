@@ -51,16 +51,16 @@ pub(crate) async fn run(
                     }
                     cleared_for = expired;
                 }
-                let (store, metrics, freed, mut state) = (store.clone(), metrics.clone(), freed.clone(), freeing);
+                let (store, pass_metrics, freed, mut state) = (store.clone(), metrics.clone(), freed.clone(), freeing);
                 // A sweep walks the whole map: keep it off the request workers.
-                let outcome = tokio::task::spawn_blocking(move || {
+                let pass = tokio::task::spawn_blocking(move || {
                     let began = std::time::Instant::now();
                     let mut paused = Duration::ZERO;
                     let swept = store.sweep_paced(now_ms(), &mut || {
                         std::thread::sleep(PAUSE);
                         paused += PAUSE;
                     });
-                    metrics.swept(&swept);
+                    pass_metrics.swept(&swept);
                     let busy = began.elapsed().saturating_sub(paused);
                     let (hook_now, hurry) = state.after(&swept);
                     if hook_now && let Some(hook) = freed {
@@ -68,13 +68,25 @@ pub(crate) async fn run(
                     }
                     (busy, hurry, state)
                 })
-                .await
-                .unwrap_or_default();
-                let (busy, hurry);
-                (busy, hurry, freeing) = outcome;
-                // While a mass expiry is being cleared, the next pass comes at
-                // once rather than after its CPU budget.
-                next = Instant::now() + if hurry { every } else { every.max(busy * 49) };
+                .await;
+                let budget = match pass {
+                    Ok((busy, hurry, state)) => {
+                        freeing = state;
+                        // While a mass expiry is being cleared, the next pass
+                        // comes at once rather than after its CPU budget.
+                        if hurry { Duration::ZERO } else { busy * 49 }
+                    }
+                    Err(e) if e.is_panic() => {
+                        // What the pass did before it panicked stays done; the
+                        // next one starts from the state before it.
+                        metrics.sweeper_panicked();
+                        tracing::error!(error = %e, "a sweep pass panicked; the sweeper carries on");
+                        Duration::ZERO
+                    }
+                    // Cancelled: the runtime is shutting down.
+                    Err(_) => break,
+                };
+                next = Instant::now() + every.max(budget);
             }
         }
     }
@@ -115,6 +127,73 @@ impl Freeing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{Admission, Limits};
+    use crate::session::Session;
+    use crate::wire::{Policy, SessionId};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Puts `n` users with one session each that expired a second ago.
+    fn expired_sessions(store: &Store, from: u64, n: u64) {
+        let now = now_ms();
+        for i in from..from + n {
+            let a = Admission {
+                session: Session {
+                    id: SessionId(i),
+                    started_ms: now - 10_000,
+                    expires_ms: (now - 1000).into(),
+                    info: None,
+                },
+                limits: Limits { limit: 1, policy: Policy::RejectNew, group: None },
+                replace: None,
+                unknown_until_ms: now,
+            };
+            store.admit(store.user_key("acme", &i.to_string()), &a, now - 10_000).unwrap();
+        }
+    }
+
+    fn panics_counted(metrics: &Arc<Metrics>) -> Option<u64> {
+        let text = metrics.render();
+        text.lines().find_map(|l| l.strip_prefix("streamcap_sweeper_panics_total ")?.parse().ok())
+    }
+
+    /// Waits up to 10 s for `done`.
+    async fn until(mut done: impl FnMut() -> bool) -> bool {
+        for _ in 0..1000 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_pass_is_counted_and_the_sweeper_carries_on() {
+        let store = Arc::new(Store::new(16, [1; 16]));
+        let metrics = Arc::new(Metrics::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        // The hook runs inside the pass: its first call panics.
+        let hook: FreedHook = Arc::new(move || {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("the first freed hook fails");
+            }
+        });
+        let n = FREED_HOOK_AFTER as u64 + 100;
+        expired_sessions(&store, 0, n);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = store.spawn_sweeper(metrics.clone(), Duration::from_millis(10), Some(hook), stop_rx);
+
+        assert!(until(|| panics_counted(&metrics) == Some(1)).await, "the panic was not counted");
+        assert_eq!(store.records(), 0, "the pass swept before its hook panicked");
+        // A later mass expiry is swept, and its hook called, by the same task.
+        expired_sessions(&store, n, n);
+        assert!(until(|| store.records() == 0 && calls.load(Ordering::SeqCst) >= 2).await, "the sweeper stopped");
+        assert_eq!(panics_counted(&metrics), Some(1));
+        assert!(!task.is_finished());
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
 
     fn pass(records: usize, expired: usize) -> Swept {
         Swept { records, expired, ..Swept::default() }

@@ -186,7 +186,7 @@ fn sign(key: &Key, write: impl FnOnce(&mut String)) -> String {
 /// rather than decoding `tag`, and compares the texts in constant time.
 fn tag_matches<const N: usize>(mac: &[u8], tag: &str) -> bool {
     let mut buf = [0u8; N];
-    let n = B64.encode_slice(mac, &mut buf).unwrap_or_default();
+    let n = B64.encode_slice(mac, &mut buf).expect("N holds the base64 of every MAC compared");
     n == N && constant_time_eq::constant_time_eq(&buf, tag.as_bytes())
 }
 
@@ -195,10 +195,9 @@ fn tag_matches<const N: usize>(mac: &[u8], tag: &str) -> bool {
 /// `encode_string` (which stages through a 1 KiB buffer).
 fn push_b64<const N: usize>(out: &mut String, bytes: &[u8]) {
     let mut buf = [0u8; N];
-    let n = B64.encode_slice(bytes, &mut buf).unwrap_or_default();
+    let n = B64.encode_slice(bytes, &mut buf).expect("callers size N for their bytes");
     debug_assert_eq!(n, N);
-    // Base64 text is ASCII.
-    out.push_str(std::str::from_utf8(&buf[..n]).unwrap_or_default());
+    out.push_str(std::str::from_utf8(&buf[..n]).expect("base64 text is ASCII"));
 }
 
 /// A verified lease token, decoded in place; it borrows the token's text.
@@ -295,11 +294,11 @@ impl<'t> Lease<'t> {
     }
 
     pub fn tenant(&self) -> &str {
-        self.str_at(0).unwrap_or_default()
+        self.str_at(0).expect("index refuses a token without a tenant")
     }
 
     pub fn user(&self) -> &str {
-        self.str_at(1).unwrap_or_default()
+        self.str_at(1).expect("index refuses a token without a user")
     }
 
     pub fn session(&self) -> SessionId {

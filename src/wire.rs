@@ -153,8 +153,7 @@ impl SessionId {
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // `to_hex` is ASCII by construction.
-        f.write_str(std::str::from_utf8(&self.to_hex()).unwrap_or_default())
+        f.write_str(std::str::from_utf8(&self.to_hex()).expect("to_hex writes ASCII"))
     }
 }
 
