@@ -276,7 +276,10 @@ test('licence gate in Chromium: admitted, refused, kicked and stalled, refused u
   assert.ok(tvLog.every((l) => l.status === 410), `after the kick the tv got only 410s: ${JSON.stringify(tvLog)}`);
   assert.deepEqual(forwarded(tvSession, kickAt), [], 'no licence request of the stopped session reached the upstream');
   assert.ok(tvStalled.log.some((l) => l.kind === 'stop ignored' && l.reason === 'kicked'));
-  phase(`(d) tv licence answers after the kick: ${JSON.stringify(tvLog.map((l) => l.status))}; upstream saw none`);
+  phase(`(d) tv licence answers after the kick: ${tvLog.map((l) => `${l.status} ${l.reason} at +${((l.at - kickAt) / 1000).toFixed(1)} s (video ${l.currentTime.toFixed(1)} s)`).join(', ')}; upstream saw none`);
+  const outcomes = (await (await fetch(`${api.adminUrl}/metrics`)).text())
+    .split('\n').filter((l) => l.startsWith('streamcap_licence_requests_total{')).map((l) => l.replace('streamcap_licence_requests_total', ''));
+  phase(`(d) licence outcomes: ${outcomes.join(' ')}`);
   await tv.close();
 
   // (e) ------------------------------------------------------------------
@@ -295,10 +298,11 @@ test('licence gate in Chromium: admitted, refused, kicked and stalled, refused u
   const healedLicences = licences(s).filter((l) => l.at > restartAt);
   assert.ok(healedLicences.length >= 1 && healedLicences.every((l) => l.status === 200 && l.renewed), JSON.stringify(healedLicences));
   assert.ok(forwarded(phoneSession, restartAt).some((r) => r.status === 200), 'forwarded to the upstream after the restart');
-  assert.ok((await api.metric('streamcap_heartbeats_healed_total')) >= 1, 'the new process healed the session');
+  const healed = await api.metric('streamcap_heartbeats_healed_total');
+  assert.ok(healed >= 1, 'the new process healed the session');
   assert.equal(s.state, 'playing');
   assert.deepEqual(s.waitingForKey.filter((w) => w > 1), []);
-  phase(`(e) phone healed and played past ${next}: currentTime ${s.currentTime.toFixed(1)}, licences after restart ${healedLicences.length}`);
+  phase(`(e) phone healed (healed_total ${healed}) and played past ${next}: currentTime ${s.currentTime.toFixed(1)}, licences after restart ${healedLicences.length}, phone heartbeats ${JSON.stringify(s.heartbeats)}`);
 
   assert.deepEqual([...tv.pageErrors, ...phone.pageErrors], []);
   t.diagnostic(`browser test took ${((Date.now() - t0) / 1000).toFixed(1)} s`);

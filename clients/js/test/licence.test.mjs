@@ -277,3 +277,35 @@ test('attachShaka: the app\'s own stop does not unload; a heartbeat 410 does; en
     assert.equal(player.unloaded, 1);
   }
 });
+
+test('a licence answer while heartbeats fail brings the player back to playing', async () => {
+  const clock = fakeTime();
+  let down = true;
+  const calls = [];
+  const fetch = async (url, init) => {
+    calls.push(url);
+    if (url.endsWith('/heartbeat')) {
+      if (down) throw new TypeError('fetch failed');
+      return json(200, { session_id: SID, token: 'hb', poll_after: 10, expires_at: Math.floor(clock.now() / 1000) + 30 });
+    }
+    return json(201, { session_id: SID, token: 't0', poll_after: 10, expires_at: Math.floor(clock.now() / 1000) + 30, active: 1, limit: 1, evicted: [] });
+  };
+  const p = new StreamcapPlayer({ baseUrl: 'http://cap.test', user: 'u', grant: 'g', fetch, ...clock, random: () => 0.5, unloadTarget: null });
+  const recovered = [];
+  p.on('heartbeat', (h) => recovered.push([h.via, h.recovered]));
+  await p.start();
+  await clock.advance(11000);
+  assert.equal(p.state, 'retrying');
+  // The licence path still works (another route, another moment): it renews the lease.
+  assert.equal(p.licenceAnswer({ status: 200, headers: renewal(clock, 'lic') }), 'renewed');
+  assert.equal(p.state, 'playing');
+  assert.deepEqual(recovered, [['licence', true]]);
+  // The retry loop is over: the next request is a heartbeat a poll later.
+  down = false;
+  const before = calls.length;
+  await clock.advance(8999);
+  assert.equal(calls.length, before);
+  await clock.advance(2001);
+  assert.equal(calls.length, before + 1);
+  assert.equal(p.token, 'hb');
+});
