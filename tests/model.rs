@@ -13,8 +13,8 @@
 //! like a restart), clock advances (small and large, and to exactly a token's
 //! expiry or the end of its leeway, ±1 ms), an expiry probe and a sweep.
 //!
-//! Every answer is compared with a small reference model of one node as SPEC
-//! describes it ([`Model`]): plain vectors, no cleverness. It predicts the
+//! Every answer is compared with a small reference model of one node as
+//! docs/spec.md describes it ([`Model`]): plain vectors, no cleverness. It predicts the
 //! exact outcome of every call: `201` (with `active`, `limit`, `evicted` and
 //! the new expiry) or `409` (which limit, `limit`, `active` and the listed
 //! sessions); `200` (new expiry), `410` (reason and who caused it) or `401`;
@@ -56,14 +56,14 @@
 //!   its heartbeat, `204` to its own stop or to a kick of it, a start's
 //!   `evicted` or `?replace=` naming it, or its leaving a list at an
 //!   instant), every later heartbeat with any of its tokens gets `410` or
-//!   `401` and no list shows it, until the next total loss. SPEC's position
+//!   `401` and no list shows it, until the next total loss. The spec's position
 //!   on losses: all state is in RAM (introduction, §8); a node never rebuilds
 //!   a session *it holds* as stopped (§6), and rebuilds any session it does
 //!   not know from a valid token (§4, §6, §9). So a stop does not survive a
 //!   loss: a kicked, evicted or replaced session whose player has not yet
 //!   heard of it is rebuilt and judged again, and the model expects exactly
 //!   that. A player that was told (`410`, `401`, its own stop's `204`) obeys
-//!   SPEC ("send no more heartbeats"), so the test never presents its tokens
+//!   the spec ("send no more heartbeats"), so the test never presents its tokens
 //!   after a loss; before one, it sometimes does (a misbehaving player) to
 //!   check P3.
 //! - **P4, no valid stream is refused without cause** ([`World::beat`]). A
@@ -73,7 +73,7 @@
 //!   loss the node rebuilt one of the user's sessions (after the loss, or a
 //!   lapsed one back within its token's leeway: the §6 example), or the
 //!   user's admitted grants disagreed on limit, policy or a group's limit.
-//!   Between a token's expiry and the end of its leeway SPEC promises
+//!   Between a token's expiry and the end of its leeway the spec promises
 //!   nothing ("at most 5 s"); the model still predicts the answer there.
 //! - **P5, expiry is exact** ([`World::probe_expiry`]). For a live session
 //!   whose token says it expires at `e` ms (`Lease::verify(..).claims()
@@ -81,13 +81,16 @@
 //!   limit = the sessions listed gets `409`; at `e` it is not listed and the
 //!   same start gets `201`.
 //!
-//! # Disagreements with SPEC
+//! # Disagreements the model found
 //!
-//! The fixed sequences at the end of this file reproduce the three found so
-//! far (stopped sessions rebuilt while one of their tokens is still
-//! accepted); `src/` is unchanged, so they and the property test fail.
+//! The fixed sequences at the end of this file replay the three
+//! disagreements with the spec this test has found: stopped sessions rebuilt
+//! while one of their tokens was still accepted. The core now keeps a
+//! tombstone through the last millisecond at which any of the session's
+//! tokens is accepted, so they pass, as does the property test; they stay as
+//! regression tests.
 //!
-//! Where SPEC is silent the model follows the implementation's documented
+//! Where the spec is silent the model follows the implementation's documented
 //! choice: the group limit is re-validated before the user limit; when both
 //! limits bind a start, the `409` is `limit_reached`; under
 //! `reject_new_device` a device counts as one unit ordered by its
@@ -308,7 +311,7 @@ impl Sess {
     }
 }
 
-// ---- the reference model: one node as SPEC describes it ----------------------------------
+// ---- the reference model: one node as the spec describes it ----------------------------------
 
 /// Who stopped a session: the `by` of a `410`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1363,7 +1366,7 @@ fn limiter_agrees_with_the_spec_model() {
     }
 }
 
-// ---- SPEC disagreements found by the model test, as fixed sequences ----------------------------
+// ---- disagreements with the spec the model test found, as fixed sequences ---------------------
 
 /// One user of the dev tenant on one `Limiter`, for the fixed sequences below.
 struct Fixed {
@@ -1416,11 +1419,10 @@ fn assert_stopped(answer: Result<String, Error>, reason: StopReason, what: &str)
     }
 }
 
-/// Disagreement 1 (docs/spec.md §3 and §6). A stopped session's tombstone is
-/// dropped at the very millisecond its last token is still accepted: tokens
-/// are accepted while `now <= expiry + 5 s`, tombstones are dropped once
-/// `until <= now` with `until = expiry + 5 s`. A heartbeat at exactly that
-/// instant rebuilds the stopped session (`200`) instead of answering `410`.
+/// Disagreement 1 (docs/spec.md §3 and §6). Tokens are accepted while
+/// `now <= expiry + 5 s`; a stopped session's tombstone was dropped once
+/// `until <= now` with `until = expiry + 5 s`, so a heartbeat at exactly that
+/// millisecond rebuilt the stopped session (`200`). It must answer `410`.
 #[test]
 fn stopped_session_is_not_rebuilt_at_the_last_accepted_millisecond() {
     let f = Fixed::new();
@@ -1432,11 +1434,11 @@ fn stopped_session_is_not_rebuilt_at_the_last_accepted_millisecond() {
     assert_stopped(f.beat(id, &token, last), StopReason::Ended, "heartbeat of a stopped session");
 }
 
-/// Disagreement 2 (docs/spec.md §3 and §6). A player whose session lapsed (or a node
-/// that lost its state) stops it with an older, still accepted token. The
-/// tombstone is kept only as long as *that* token, not the newest one the
-/// session holds, so after it is swept the newest token rebuilds the session
-/// that was ended: `200` instead of `410 ended`.
+/// Disagreement 2 (docs/spec.md §3 and §6). A player whose session lapsed (or
+/// a node that lost its state) stops it with an older, still accepted token.
+/// The tombstone was kept only as long as *that* token, not the newest one
+/// the session holds, so once it was swept the newest token rebuilt the
+/// ended session: `200` where `410 ended` is due.
 #[test]
 fn session_stopped_with_an_older_token_is_not_rebuilt_by_a_newer_one() {
     let f = Fixed::new();
@@ -1449,10 +1451,10 @@ fn session_stopped_with_an_older_token_is_not_rebuilt_by_a_newer_one() {
     assert_stopped(f.beat(id, &t2, T0 + 9_000), StopReason::Ended, "heartbeat after the stop");
 }
 
-/// Disagreement 3 (docs/spec.md §6). After a loss, a session heals with an older
-/// token and loses re-validation (`410 limit_exceeded`). Its tombstone
-/// lasts as long as that older token, so the session's newer token rebuilds
-/// it once the tombstone is swept, though no state was lost since.
+/// Disagreement 3 (docs/spec.md §6). After a loss, a session heals with an
+/// older token and loses re-validation (`410 limit_exceeded`). Its tombstone
+/// lasted only as long as that older token, so the session's newer token
+/// rebuilt it once the tombstone was swept, though no state was lost since.
 #[test]
 fn session_that_lost_revalidation_is_not_rebuilt_by_a_newer_token() {
     let mut f = Fixed::new();
