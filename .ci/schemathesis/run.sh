@@ -12,13 +12,14 @@
 # streamcap_hooks.py (real grants and lease tokens). Then prints how often each
 # operation answered each status and fails unless the run reached the
 # answers that need real credentials (200, 201, 204, 403, 409, 410), not
-# only 401. Reports (JUnit, NDJSON) go to target/schemathesis-report/.
+# only 401. Reports (JUnit, NDJSON, and requests.log: one line per request
+# with its credential kind) go to target/schemathesis-report/.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/../.."
 
 SEED=${SCHEMATHESIS_SEED:-20260}
-MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-60}
+MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-100}
 # SCHEMATHESIS_PORT: the server's port (default: any free one).
 
 bin=${STREAMCAP_BIN:-target/debug/streamcap}
@@ -63,12 +64,17 @@ done
 [ -n "$port" ] || { echo "the server logged no address" >&2; exit 1; }
 echo "server: $bin on 127.0.0.1:$port (dev mode)"
 
-report=target/schemathesis-report
+report=$PWD/target/schemathesis-report
 rm -rf "$report" && mkdir -p "$report"
 status=0
-STREAMCAP_BIN="$bin" STREAMCAP_URL="http://127.0.0.1:$port" STREAMCAP_TALLY="$work/tally.json" STREAMCAP_HOOKS_LOG="$report/requests.log" \
-  PYTHONPATH="$here" SCHEMATHESIS_HOOKS=streamcap_hooks \
-  timeout 600 "$venv/bin/st" run docs/openapi.yaml \
+# From the temporary directory: Schemathesis keeps a cache of past failures
+# in .schemathesis/ of its working directory, and each run starts afresh.
+schema=$PWD/docs/openapi.yaml
+venv=$(realpath "$venv")
+cd "$work"
+STREAMCAP_BIN="$bin" STREAMCAP_URL="http://127.0.0.1:$port" STREAMCAP_TALLY="$work/tally.json" \
+  STREAMCAP_HOOKS_LOG="$report/requests.log" PYTHONPATH="$here" SCHEMATHESIS_HOOKS=streamcap_hooks \
+  timeout 600 "$venv/bin/st" run "$schema" \
   --url "http://127.0.0.1:$port" \
   --checks not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance,response_headers_conformance \
   --seed "$SEED" --max-examples "$MAX_EXAMPLES" --workers 1 \
@@ -78,7 +84,9 @@ STREAMCAP_BIN="$bin" STREAMCAP_URL="http://127.0.0.1:$port" STREAMCAP_TALLY="$wo
 
 echo "== answers by operation and status"
 python3 - "$work/tally.json" <<'PY'
-import json, sys
+import json, os, sys
+if not os.path.exists(sys.argv[1]):
+    sys.exit("the hooks wrote no tally: Schemathesis did not finish")
 tally = json.load(open(sys.argv[1]))
 for key, n in tally.items():
     print(f"{n:6d}  {key}")
