@@ -259,7 +259,8 @@ test('licence gate in Chromium: admitted, refused, kicked and stalled, refused u
   }
   const stalledAt = tvStalled.currentTime;
   assert.ok(samples.at(-1) - samples.at(-8) < 0.01, `the tv comes to rest: ${samples}`);
-  assert.ok(stalledAt > boundary - 0.6 && stalledAt <= boundary + 0.05, `the tv stopped at the boundary ${boundary}: ${stalledAt}`);
+  // (Its clock may creep a frame or two past the boundary before it rests: 12 fps, 83 ms a frame.)
+  assert.ok(stalledAt > boundary - 0.6 && stalledAt < boundary + 0.25, `the tv stopped at the boundary ${boundary}: ${stalledAt}`);
   const stalledKid = keys.periods.find((p) => p.start_s === boundary).kid;
   assert.notEqual(tvStalled.keys[stalledKid], 'usable');
   phase(`(c) tv stalled at ${stalledAt.toFixed(2)} (boundary ${boundary}; waitingforkey at ${waitedAt.toFixed(2)}; clock ${samples.join(' ')}), keys ${JSON.stringify(tvStalled.keys)}`);
