@@ -2,8 +2,10 @@
 //! variables and command-line flags, in rising precedence (clap resolves a
 //! flag over its variable; this module lays both over the file). With no
 //! configuration at all the server runs in dev mode on fixed, public keys.
-//! Validation happens here, once, with errors that name the bad setting;
-//! secrets never appear in errors or in [`Config::summary`].
+//! Each plain setting is declared once, in the `settings!` table below,
+//! which yields its file field, flag, variable, default, check and summary
+//! entry. Validation happens here, once, with errors that name the bad
+//! setting; secrets never appear in errors, `--help` or [`Config::summary`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,27 +27,144 @@ pub const DEV_SERVER_KEY: &str = "64656d6f2d7365727665722d6b65792d6e6f742d612d73
 /// Environment variable with the server keys, `kid:hex[,kid:hex…]`, first signs.
 pub const SERVER_KEYS_ENV: &str = "STREAMCAP_SERVER_KEYS";
 
-/// The file's shape. Every field is optional; unknown fields are errors so
-/// that a typo does not silently fall back to a default.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<String>,
-    pub admin_listen: Option<String>,
-    pub poll_secs: Option<u32>,
-    pub min_poll_secs: Option<u32>,
-    pub max_poll_secs: Option<u32>,
-    pub ttl_factor: Option<u32>,
-    pub max_sessions: Option<u64>,
-    pub max_connections: Option<usize>,
-    pub idle_timeout_secs: Option<u64>,
-    pub header_timeout_secs: Option<u64>,
-    pub cors_origins: Option<Vec<String>>,
-    pub sweep_millis: Option<u64>,
-    #[serde(default)]
-    pub server_keys: Vec<KeyEntry>,
-    #[serde(default)]
-    pub tenants: Vec<TenantEntry>,
+/// Declares every plain setting once: its name (the TOML key, and the
+/// `--flag` with `_` as `-`), its type, default, environment variable, help
+/// text and per-setting check. From it come the file's fields
+/// ([`FileConfig`]), the flags and variables ([`Overrides`]), the resolved
+/// [`Values`] (flag or variable over file over default) with their checks,
+/// and the summary line. Keys and tenants, which hold secrets, are not here.
+macro_rules! settings {
+    ($(
+        $name:ident: $ty:ty = $default:expr, env $env:literal, $help:literal, check $check:expr
+        $(, arg($($arg:tt)*))?;
+    )*) => {
+        /// The file's shape. Every field is optional; unknown fields are errors so
+        /// that a typo does not silently fall back to a default.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct FileConfig {
+            $(pub $name: Option<$ty>,)*
+            #[serde(default)]
+            pub server_keys: Vec<KeyEntry>,
+            #[serde(default)]
+            pub tenants: Vec<TenantEntry>,
+        }
+
+        /// Settings given on the command line or in the environment; they win over the file.
+        #[derive(Debug, Default, Clone, clap::Args)]
+        pub struct Overrides {
+            /// TOML configuration file.
+            #[arg(long, env = "STREAMCAP_CONFIG")]
+            pub config: Option<PathBuf>,
+            $(
+                #[arg(long, env = $env, help = help_line($help, &$default) $(, $($arg)*)?)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        /// Every plain setting in force: a flag or variable over the file over
+        /// the default.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct Values {
+            $(pub $name: $ty,)*
+        }
+
+        impl Values {
+            fn resolve(o: &Overrides, f: &FileConfig) -> Values {
+                Values { $($name: o.$name.clone().or_else(|| f.$name.clone()).unwrap_or_else(|| $default),)* }
+            }
+
+            /// Each setting's own check, in declaration order.
+            fn check_each(&self) -> Result<(), String> {
+                $($check(stringify!($name), &self.$name)?;)*
+                Ok(())
+            }
+
+            /// `name=value` for every setting, space-separated.
+            fn summary(&self) -> String {
+                let parts: [String; [$(stringify!($name)),*].len()] =
+                    [$(format!("{}={}", stringify!($name), Shown::shown(&self.$name))),*];
+                parts.join(" ")
+            }
+        }
+    };
+}
+
+settings! {
+    listen: String = wire::DEFAULT_LISTEN.to_owned(), env "STREAMCAP_LISTEN",
+        "Public API address", check address;
+    admin_listen: String = wire::DEFAULT_ADMIN_LISTEN.to_owned(), env "STREAMCAP_ADMIN_LISTEN",
+        "Operator endpoints (/healthz, /metrics)", check address;
+    poll_secs: u32 = wire::DEFAULT_POLL_SECS, env "STREAMCAP_POLL_SECS",
+        "Default heartbeat interval, seconds", check any;
+    min_poll_secs: u32 = wire::DEFAULT_MIN_POLL_SECS, env "STREAMCAP_MIN_POLL_SECS",
+        "Lower bound for a grant's poll", check any;
+    max_poll_secs: u32 = wire::DEFAULT_MAX_POLL_SECS, env "STREAMCAP_MAX_POLL_SECS",
+        "Upper bound for a grant's poll", check any;
+    ttl_factor: u32 = wire::DEFAULT_TTL_FACTOR, env "STREAMCAP_TTL_FACTOR",
+        "Token lifetime in polls", check within(1, 100);
+    max_sessions: u64 = wire::DEFAULT_MAX_SESSIONS, env "STREAMCAP_MAX_SESSIONS",
+        "Session records held before starts get 503", check positive;
+    max_connections: usize = wire::DEFAULT_MAX_CONNECTIONS, env "STREAMCAP_MAX_CONNECTIONS",
+        "Open connections before new ones get 503", check positive;
+    idle_timeout_secs: u64 = wire::DEFAULT_IDLE_TIMEOUT_SECS, env "STREAMCAP_IDLE_TIMEOUT_SECS",
+        "Close a connection silent this long, seconds", check positive;
+    header_timeout_secs: u64 = wire::DEFAULT_HEADER_TIMEOUT_SECS, env "STREAMCAP_HEADER_TIMEOUT_SECS",
+        "Close a connection that takes longer to send a request head, seconds", check positive;
+    cors_origins: Vec<String> = vec!["*".to_owned()], env "STREAMCAP_CORS_ORIGINS",
+        "Allowed browser origins, comma-separated", check any, arg(value_delimiter = ',');
+    sweep_millis: u64 = wire::DEFAULT_SWEEP_MILLIS, env "STREAMCAP_SWEEP_MILLIS",
+        "Interval of the expiry sweep, milliseconds", check positive;
+}
+
+/// How a setting's value reads in `--help` and in the summary: as it would
+/// be written on the command line.
+trait Shown {
+    fn shown(&self) -> String;
+}
+
+impl Shown for String {
+    fn shown(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Shown for Vec<String> {
+    fn shown(&self) -> String {
+        self.join(",")
+    }
+}
+
+macro_rules! shown_by_display {
+    ($($t:ty),*) => {$(
+        impl Shown for $t {
+            fn shown(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+shown_by_display!(u32, u64, usize);
+
+/// A flag's help: what it sets and its default.
+fn help_line(help: &str, default: &impl Shown) -> String {
+    format!("{help} [default: {}]", default.shown())
+}
+
+fn any<T>(_: &str, _: &T) -> Result<(), String> {
+    Ok(())
+}
+
+fn address(name: &str, v: &String) -> Result<(), String> {
+    v.parse::<SocketAddr>().map(drop).map_err(|_| format!("{name} {v:?} is not an address like 0.0.0.0:8080"))
+}
+
+fn positive<T: Default + PartialEq>(name: &str, v: &T) -> Result<(), String> {
+    if *v == T::default() { Err(format!("{name} must be at least 1")) } else { Ok(()) }
+}
+
+fn within(lo: u32, hi: u32) -> impl Fn(&str, &u32) -> Result<(), String> {
+    move |name, v| if (lo..=hi).contains(v) { Ok(()) } else { Err(format!("{name} must be {lo}-{hi}, not {v}")) }
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,50 +182,6 @@ pub struct TenantEntry {
     pub keys: Vec<KeyEntry>,
 }
 
-/// Settings given on the command line or in the environment; they win over the file.
-#[derive(Debug, Default, Clone, clap::Args)]
-pub struct Overrides {
-    /// TOML configuration file.
-    #[arg(long, env = "STREAMCAP_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Public API address [default: 0.0.0.0:8080].
-    #[arg(long, env = "STREAMCAP_LISTEN")]
-    pub listen: Option<String>,
-    /// Operator endpoints (/healthz, /metrics) [default: 127.0.0.1:9090].
-    #[arg(long, env = "STREAMCAP_ADMIN_LISTEN")]
-    pub admin_listen: Option<String>,
-    /// Default heartbeat interval, seconds [default: 30].
-    #[arg(long, env = "STREAMCAP_POLL_SECS")]
-    pub poll_secs: Option<u32>,
-    /// Lower bound for a grant's poll [default: 1].
-    #[arg(long, env = "STREAMCAP_MIN_POLL_SECS")]
-    pub min_poll_secs: Option<u32>,
-    /// Upper bound for a grant's poll [default: 3600].
-    #[arg(long, env = "STREAMCAP_MAX_POLL_SECS")]
-    pub max_poll_secs: Option<u32>,
-    /// Token lifetime in polls [default: 3].
-    #[arg(long, env = "STREAMCAP_TTL_FACTOR")]
-    pub ttl_factor: Option<u32>,
-    /// Session records held before starts get 503 [default: 50000000].
-    #[arg(long, env = "STREAMCAP_MAX_SESSIONS")]
-    pub max_sessions: Option<u64>,
-    /// Open connections before new ones get 503 [default: 20000].
-    #[arg(long, env = "STREAMCAP_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// Close a connection silent this long, seconds [default: 60].
-    #[arg(long, env = "STREAMCAP_IDLE_TIMEOUT_SECS")]
-    pub idle_timeout_secs: Option<u64>,
-    /// Close a connection that takes longer to send a request head, seconds [default: 10].
-    #[arg(long, env = "STREAMCAP_HEADER_TIMEOUT_SECS")]
-    pub header_timeout_secs: Option<u64>,
-    /// Allowed browser origins, comma-separated [default: *].
-    #[arg(long, env = "STREAMCAP_CORS_ORIGINS", value_delimiter = ',')]
-    pub cors_origins: Option<Vec<String>>,
-    /// Interval of the expiry sweep, milliseconds [default: 1000].
-    #[arg(long, env = "STREAMCAP_SWEEP_MILLIS")]
-    pub sweep_millis: Option<u64>,
-}
-
 /// The effective, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -119,6 +194,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     pub sweep_interval: Duration,
     pub dev_mode: bool,
+    /// The settings as resolved, before conversion: what [`Config::summary`] shows.
+    pub values: Values,
 }
 
 impl Config {
@@ -139,45 +216,16 @@ impl Config {
     }
 
     fn build(f: FileConfig, o: &Overrides, server_keys_env: Option<&str>, dev_mode: bool) -> Result<Config, String> {
-        let addr = |name: &str, v: Option<&String>, default: &str| -> Result<SocketAddr, String> {
-            let v = v.map_or(default, |s| s.as_str());
-            v.parse().map_err(|_| format!("{name} {v:?} is not an address like 0.0.0.0:8080"))
-        };
-        let listen = addr("listen", o.listen.as_ref().or(f.listen.as_ref()), wire::DEFAULT_LISTEN)?;
-        let admin_listen =
-            addr("admin_listen", o.admin_listen.as_ref().or(f.admin_listen.as_ref()), wire::DEFAULT_ADMIN_LISTEN)?;
-        let poll = PollBounds {
-            default: o.poll_secs.or(f.poll_secs).unwrap_or(wire::DEFAULT_POLL_SECS),
-            min: o.min_poll_secs.or(f.min_poll_secs).unwrap_or(wire::DEFAULT_MIN_POLL_SECS),
-            max: o.max_poll_secs.or(f.max_poll_secs).unwrap_or(wire::DEFAULT_MAX_POLL_SECS),
-        };
+        let v = Values::resolve(o, &f);
+        v.check_each()?;
+        let poll = PollBounds { default: v.poll_secs, min: v.min_poll_secs, max: v.max_poll_secs };
         if !(1 <= poll.min && poll.min <= poll.default && poll.default <= poll.max && poll.max <= u16::MAX as u32) {
             return Err(format!(
                 "poll bounds must satisfy 1 <= min_poll_secs ({}) <= poll_secs ({}) <= max_poll_secs ({}) <= 65535",
                 poll.min, poll.default, poll.max
             ));
         }
-        let ttl_factor = o.ttl_factor.or(f.ttl_factor).unwrap_or(wire::DEFAULT_TTL_FACTOR);
-        if !(1..=100).contains(&ttl_factor) {
-            return Err(format!("ttl_factor must be 1-100, not {ttl_factor}"));
-        }
-        let positive = |name: &str, v: u64| if v == 0 { Err(format!("{name} must be at least 1")) } else { Ok(v) };
-        let max_sessions =
-            positive("max_sessions", o.max_sessions.or(f.max_sessions).unwrap_or(wire::DEFAULT_MAX_SESSIONS))?;
-        let max_connections = positive(
-            "max_connections",
-            o.max_connections.or(f.max_connections).unwrap_or(wire::DEFAULT_MAX_CONNECTIONS) as u64,
-        )? as usize;
-        let idle = positive(
-            "idle_timeout_secs",
-            o.idle_timeout_secs.or(f.idle_timeout_secs).unwrap_or(wire::DEFAULT_IDLE_TIMEOUT_SECS),
-        )?;
-        let header = positive(
-            "header_timeout_secs",
-            o.header_timeout_secs.or(f.header_timeout_secs).unwrap_or(wire::DEFAULT_HEADER_TIMEOUT_SECS),
-        )?;
-        let sweep = positive("sweep_millis", o.sweep_millis.or(f.sweep_millis).unwrap_or(wire::DEFAULT_SWEEP_MILLIS))?;
-        let cors_origins = o.cors_origins.clone().or(f.cors_origins).unwrap_or_else(|| vec!["*".into()]);
+        let address = |a: &str| a.parse::<SocketAddr>().expect("checked by `address`");
 
         let (server_keys, tenants) = if dev_mode {
             dev_keys()
@@ -190,41 +238,30 @@ impl Config {
             (server_keys, tenants(&f.tenants)?)
         };
         Ok(Config {
-            listen,
-            admin_listen,
-            core: Settings { poll, ttl_factor, max_sessions, server_keys, tenants },
-            max_connections,
-            idle_timeout: Duration::from_secs(idle),
-            header_timeout: Duration::from_secs(header),
-            cors_origins,
-            sweep_interval: Duration::from_millis(sweep),
+            listen: address(&v.listen),
+            admin_listen: address(&v.admin_listen),
+            core: Settings { poll, ttl_factor: v.ttl_factor, max_sessions: v.max_sessions, server_keys, tenants },
+            max_connections: v.max_connections,
+            idle_timeout: Duration::from_secs(v.idle_timeout_secs),
+            header_timeout: Duration::from_secs(v.header_timeout_secs),
+            cors_origins: v.cors_origins.clone(),
+            sweep_interval: Duration::from_millis(v.sweep_millis),
             dev_mode,
+            values: v,
         })
     }
 
-    /// The effective configuration, without secrets, one setting a line.
+    /// The effective configuration, without secrets: every setting as
+    /// `name=value`, then the server keys' and tenants' ids.
     pub fn summary(&self) -> String {
         let c = &self.core;
         let mut tenants: Vec<&str> = c.tenants.keys().map(|t| &**t).collect();
         tenants.sort_unstable();
         format!(
-            "listen={} admin_listen={} poll_secs={} min_poll_secs={} max_poll_secs={} ttl_factor={} \
-             max_sessions={} max_connections={} idle_timeout_secs={} header_timeout_secs={} \
-             cors_origins={:?} sweep_millis={} server_keys={:?} tenants={:?}",
-            self.listen,
-            self.admin_listen,
-            c.poll.default,
-            c.poll.min,
-            c.poll.max,
-            c.ttl_factor,
-            c.max_sessions,
-            self.max_connections,
-            self.idle_timeout.as_secs(),
-            self.header_timeout.as_secs(),
-            self.cors_origins,
-            self.sweep_interval.as_millis(),
+            "{} server_keys={:?} tenants={:?}",
+            self.values.summary(),
             c.server_keys.kids().collect::<Vec<_>>(),
-            tenants,
+            tenants
         )
     }
 }
@@ -341,5 +378,29 @@ mod tests {
         let s = c.summary();
         assert!(s.contains("acme") && s.contains(r#"server_keys=["s1"]"#), "{s}");
         assert!(!s.contains(KEY_A));
+    }
+
+    #[test]
+    fn every_setting_reads_from_the_file_and_shows_in_the_summary() {
+        let settings = "listen = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\npoll_secs = 7\nmin_poll_secs = 2\n\
+                        max_poll_secs = 9\nttl_factor = 4\nmax_sessions = 5\nmax_connections = 6\n\
+                        idle_timeout_secs = 8\nheader_timeout_secs = 3\ncors_origins = [\"https://a\", \"https://b\"]\n\
+                        sweep_millis = 11\n";
+        let c = Config::build(
+            file(&format!("{settings}{}", full().replace("poll_secs = 20\n", ""))),
+            &Overrides::default(),
+            None,
+            false,
+        )
+        .unwrap();
+        let want = "listen=127.0.0.1:1 admin_listen=127.0.0.1:2 poll_secs=7 min_poll_secs=2 max_poll_secs=9 \
+                    ttl_factor=4 max_sessions=5 max_connections=6 idle_timeout_secs=8 header_timeout_secs=3 \
+                    cors_origins=https://a,https://b sweep_millis=11 server_keys=[\"s1\"] tenants=[\"acme\"]";
+        assert_eq!(c.summary(), want);
+        assert_eq!((c.listen.port(), c.admin_listen.port()), (1, 2));
+        assert_eq!((c.core.poll.default, c.core.poll.min, c.core.poll.max, c.core.ttl_factor), (7, 2, 9, 4));
+        assert_eq!((c.core.max_sessions, c.max_connections), (5, 6));
+        assert_eq!((c.idle_timeout.as_secs(), c.header_timeout.as_secs(), c.sweep_interval.as_millis()), (8, 3, 11));
+        assert_eq!(c.cors_origins, ["https://a", "https://b"]);
     }
 }
