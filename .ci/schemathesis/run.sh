@@ -5,6 +5,7 @@
 # headers. Bounded: fixed seed, fixed examples per operation, one worker.
 #
 #   bash .ci/schemathesis/run.sh          # STREAMCAP_BIN overrides target/debug/streamcap
+#   bash .ci/schemathesis/run.sh --checks all --max-examples 300   # more, by hand
 #
 # Installs Schemathesis (pinned, requirements.txt) into a virtual environment
 # ($SCHEMATHESIS_VENV, default target/schemathesis-venv), starts the binary in
@@ -80,7 +81,7 @@ STREAMCAP_BIN="$bin" STREAMCAP_URL="http://127.0.0.1:$port" STREAMCAP_TALLY="$wo
   --seed "$SEED" --max-examples "$MAX_EXAMPLES" --workers 1 \
   --generation-database none --request-timeout 10 \
   --report junit,ndjson --report-dir "$report" \
-  --no-color || status=$?
+  --no-color "$@" || status=$?
 
 echo "== answers by operation and status"
 python3 - "$work/tally.json" <<'PY'
