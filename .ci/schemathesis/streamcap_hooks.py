@@ -126,7 +126,8 @@ def _pick_stopped():
 
 
 def _other(user):
-    return "x" + user[:100] if user != "someone-else" else "someone"
+    """Another valid user name."""
+    return "x" + user[:127]
 
 
 def _session(user, sid, token):
