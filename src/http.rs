@@ -3,7 +3,7 @@
 //! Every failure becomes a status in exactly one place, [`failure`]. The
 //! core never sees a hyper type; this module never decides policy.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -166,15 +166,34 @@ fn empty(status: StatusCode) -> Reply {
     r
 }
 
+/// The OpenAPI document of the public API, compiled in from the same file
+/// the repository keeps beside the contract.
+const OPENAPI_YAML: &str = include_str!("../docs/openapi.yaml");
+
+/// How long a client may reuse the document without asking again; it only
+/// changes with the binary, and a revalidation with its `ETag` costs a `304`.
+const OPENAPI_CACHE_CONTROL: &str = "public, max-age=300";
+
+/// The document's entity tag: 128 bits of its BLAKE3 hash, computed once.
+static OPENAPI_ETAG: LazyLock<HeaderValue> = LazyLock::new(|| {
+    let hash = blake3::hash(OPENAPI_YAML.as_bytes()).to_hex();
+    // Quoted hex digits are always a valid header value.
+    HeaderValue::from_str(&format!("\"{}\"", &hash[..32])).unwrap_or(HeaderValue::from_static("\"\""))
+});
+
 /// A parsed API path.
 #[derive(Debug, PartialEq, Eq)]
 enum Path<'a> {
+    OpenApi,
     Sessions(&'a str),
     Session(&'a str, &'a str),
     Heartbeat(&'a str, &'a str),
 }
 
 fn parse_path(path: &str) -> Option<Path<'_>> {
+    if path == "/v1/openapi.yaml" {
+        return Some(Path::OpenApi);
+    }
     let rest = path.strip_prefix("/v1/users/")?;
     let (user, rest) = cut(rest);
     let (sessions, rest) = cut(rest?);
@@ -258,6 +277,7 @@ async fn read_body(timeout: Duration, headers: &HeaderMap, body: Incoming) -> Re
 fn answer(api: &Api, parts: &http::request::Parts, path: Option<Path<'_>>) -> Result<Reply, Failure> {
     let path = path.ok_or(Failure::NotFound)?;
     let allow = match path {
+        Path::OpenApi => "GET, OPTIONS",
         Path::Sessions(_) => "GET, POST, OPTIONS",
         Path::Session(..) => "DELETE, OPTIONS",
         Path::Heartbeat(..) => "POST, OPTIONS",
@@ -268,6 +288,7 @@ fn answer(api: &Api, parts: &http::request::Parts, path: Option<Path<'_>>) -> Re
     let limiter = &api.limiter;
     let now = now_ms();
     match (&parts.method, path) {
+        (&Method::GET, Path::OpenApi) => Ok(openapi(&parts.headers)),
         (&Method::POST, Path::Sessions(user)) => {
             let replace = replace_param(parts.uri.query())?;
             let s = limiter.start(checked_user(user)?, bearer(&parts.headers), replace, now)?;
@@ -302,6 +323,31 @@ fn answer(api: &Api, parts: &http::request::Parts, path: Option<Path<'_>>) -> Re
         }
         _ => Err(Failure::MethodNotAllowed(allow)),
     }
+}
+
+/// docs/spec.md §4: the OpenAPI document, cacheable; `304` when the
+/// client's copy is current (`If-None-Match`).
+fn openapi(headers: &HeaderMap) -> Reply {
+    let etag = &*OPENAPI_ETAG;
+    let current = headers.get_all(header::IF_NONE_MATCH).iter().any(|v| etag_matches(v, etag));
+    let mut r = if current {
+        empty(StatusCode::NOT_MODIFIED)
+    } else {
+        let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI_YAML.as_bytes())));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+        r
+    };
+    let h = r.headers_mut();
+    h.insert(header::ETAG, etag.clone());
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(OPENAPI_CACHE_CONTROL));
+    r
+}
+
+/// Whether an `If-None-Match` value names `etag`: `*`, or a list of entity
+/// tags compared weakly (a `W/` prefix is ignored), as RFC 9110 §13.1.2 asks.
+fn etag_matches(value: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(value) = value.to_str() else { return false };
+    value.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/").as_bytes() == etag.as_bytes())
 }
 
 fn preflight() -> Reply {
@@ -371,6 +417,7 @@ mod tests {
 
     #[test]
     fn paths() {
+        assert_eq!(parse_path("/v1/openapi.yaml"), Some(Path::OpenApi));
         assert_eq!(parse_path("/v1/users/bob/sessions"), Some(Path::Sessions("bob")));
         assert_eq!(parse_path("/v1/users/bob/sessions/abc"), Some(Path::Session("bob", "abc")));
         assert_eq!(parse_path("/v1/users/bob/sessions/abc/heartbeat"), Some(Path::Heartbeat("bob", "abc")));
@@ -380,6 +427,9 @@ mod tests {
             "/v1/users/bob/session",
             "/v1/users/bob/sessions/a/b",
             "/v1/users/bob/sessions/a/heartbeat/x",
+            "/v1/openapi.yaml/",
+            "/v1/openapi.json",
+            "/openapi.yaml",
         ] {
             assert_eq!(parse_path(bad), None, "{bad}");
         }
@@ -396,5 +446,48 @@ mod tests {
         assert_eq!(replace_param(Some("a=1&replace=00000000000000ff")).unwrap(), Some(SessionId(255)));
         assert!(replace_param(Some("replace=zz")).is_err());
         assert_eq!(replace_param(Some("other=1")).unwrap(), None);
+    }
+
+    #[test]
+    fn the_openapi_document_is_served_whole_and_revalidated_by_its_etag() {
+        let r = openapi(&HeaderMap::new());
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/yaml");
+        assert_eq!(r.headers()[header::CACHE_CONTROL], OPENAPI_CACHE_CONTROL);
+        let etag = r.headers()[header::ETAG].clone();
+        assert_eq!(etag.len(), 34, "a quoted 128-bit hash: {etag:?}");
+        assert!(OPENAPI_YAML.starts_with("openapi: 3."), "the compiled-in file is the OpenAPI document");
+        let body = body_of(r);
+        assert_eq!(body, OPENAPI_YAML.as_bytes());
+
+        let asking = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::IF_NONE_MATCH, HeaderValue::from_str(value).unwrap());
+            openapi(&h)
+        };
+        let tag = etag.to_str().unwrap();
+        for current in [tag.to_string(), format!("W/{tag}"), format!("\"x\", {tag}"), "*".into()] {
+            let r = asking(&current);
+            assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{current}");
+            assert_eq!(r.headers()[header::ETAG], etag);
+            assert!(body_of(r).is_empty());
+        }
+        for stale in ["\"x\"", "", "W/\"0\""] {
+            assert_eq!(asking(stale).status(), StatusCode::OK, "{stale}");
+        }
+    }
+
+    /// A reply's whole body (a `Full` is ready at once).
+    fn body_of(r: Reply) -> Vec<u8> {
+        let mut body = r.into_body();
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut out = Vec::new();
+        while let std::task::Poll::Ready(Some(Ok(frame))) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+            if let Ok(data) = frame.into_data() {
+                out.extend_from_slice(&data);
+            }
+        }
+        out
     }
 }

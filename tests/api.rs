@@ -497,6 +497,42 @@ fn cors_only_for_configured_origins() {
     assert_eq!(r.header("access-control-allow-origin"), None, "{:?}", r.headers);
 }
 
+#[test]
+fn the_openapi_document_is_served_without_credentials_and_cacheable() {
+    let server = TestServer::dev();
+    let file = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml")).unwrap();
+    let mut conn = Conn::open(server.addr());
+    conn.send(&request_bytes("GET", "/v1/openapi.yaml", None, &[("Origin", "https://docs.example")], b"")).unwrap();
+    let r = conn.read_response().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, file, "the document as the repository has it");
+    assert_eq!(r.header("content-type"), Some("application/yaml"));
+    assert!(r.header("cache-control").is_some_and(|c| c.contains("max-age=")), "{:?}", r.headers);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    let etag = r.header("etag").expect("an ETag").to_owned();
+
+    // Revalidation on the same connection: 304 without a body, then the
+    // connection still serves the API.
+    conn.send(&request_bytes("GET", "/v1/openapi.yaml", None, &[("If-None-Match", &etag)], b"")).unwrap();
+    let r = conn.read_response().unwrap();
+    assert_eq!(r.status, 304, "{}", r.text());
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    let user = unique("reader");
+    conn.send(&request_bytes("GET", &format!("/v1/users/{user}/sessions"), Some(&grant(&user, 1)), &[], b"")).unwrap();
+    conn.read_response().unwrap().expect(200);
+    let r = server.api.raw(&request_bytes("GET", "/v1/openapi.yaml", None, &[("If-None-Match", "\"old\"")], b""));
+    assert_eq!(r.unwrap().body, file, "a stale copy gets the document");
+
+    // A credential, even a bad one, changes nothing; other methods are 405.
+    assert_eq!(server.api.call("GET", "/v1/openapi.yaml?x=1", Some("junk")).body, file);
+    let r = server.api.call("POST", "/v1/openapi.yaml", None);
+    r.expect_error(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET, OPTIONS"));
+    assert_eq!(server.api.call("OPTIONS", "/v1/openapi.yaml", None).status, 204);
+    server.api.call("GET", "/v1/openapi.json", None).expect_error(404, "not_found");
+}
+
 // ---- connections -------------------------------------------------------------------------
 
 #[test]
