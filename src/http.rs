@@ -18,7 +18,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::limiter::{Error, Limiter};
 use crate::metrics::Route;
-use crate::wire::{self, ErrorBody, ErrorExtra, ListBody, RenewedBody, SessionId, StartedBody};
+use crate::wire::{self, ErrorBody, ErrorExtra, ListBody, RenewedBody, SessionId, SignedOutBody, StartedBody};
 
 pub type Reply = Response<Full<Bytes>>;
 
@@ -222,7 +222,9 @@ fn route_of(path: &Option<Path<'_>>, method: &Method) -> Route {
         (_, &Method::OPTIONS) => Route::Preflight,
         (Some(Path::Sessions(_)), &Method::POST) => Route::Start,
         (Some(Path::Sessions(_)), &Method::GET) => Route::List,
+        (Some(Path::Sessions(_)), &Method::DELETE) => Route::SignOut,
         (Some(Path::Session(..)), &Method::DELETE) => Route::Stop,
+        (Some(Path::OpenApi), &Method::GET) => Route::OpenApi,
         (Some(Path::Heartbeat(..)), &Method::POST) => Route::Heartbeat,
         _ => Route::Other,
     }
@@ -278,7 +280,7 @@ fn answer(api: &Api, parts: &http::request::Parts, path: Option<Path<'_>>) -> Re
     let path = path.ok_or(Failure::NotFound)?;
     let allow = match path {
         Path::OpenApi => "GET, OPTIONS",
-        Path::Sessions(_) => "GET, POST, OPTIONS",
+        Path::Sessions(_) => "GET, POST, DELETE, OPTIONS",
         Path::Session(..) => "DELETE, OPTIONS",
         Path::Heartbeat(..) => "POST, OPTIONS",
     };
@@ -306,6 +308,10 @@ fn answer(api: &Api, parts: &http::request::Parts, path: Option<Path<'_>>) -> Re
         (&Method::GET, Path::Sessions(user)) => {
             let l = limiter.list(checked_user(user)?, bearer(&parts.headers), now)?;
             Ok(json(StatusCode::OK, &ListBody { limit: l.limit, active: l.active, sessions: &l.sessions }))
+        }
+        (&Method::DELETE, Path::Sessions(user)) => {
+            let out = limiter.sign_out(checked_user(user)?, bearer(&parts.headers), now)?;
+            Ok(json(StatusCode::OK, &SignedOutBody { stopped: out.stopped }))
         }
         (&Method::POST, Path::Heartbeat(user, id)) => {
             let r = limiter.heartbeat(checked_user(user)?, session_id(id)?, bearer(&parts.headers), now)?;

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::grant::{self, Grant, InvalidGrant, PollBounds, Tenants};
 use crate::keys::KeyRing;
 use crate::metrics::{Metrics, Rejection};
-use crate::policy::{Admission, Admitted, Beat, BeatOutcome, Limits, Refusal, Refused, Stop, StopOutcome};
+use crate::policy::{Admission, Admitted, Beat, BeatOutcome, Limits, Refusal, Refused, SignedOut, Stop, StopOutcome};
 use crate::session::{By, Info, Session};
 use crate::store::{Store, Swept};
 use crate::sweeper::FreedHook;
@@ -286,17 +286,10 @@ impl Limiter {
         let s = &**settings;
         let (user_key, stop) = if token.starts_with("g1.") {
             let g = self.grant_for(s, user, token, now)?;
-            let info = Info::new(
-                g.device.as_deref(),
-                g.label.as_deref(),
-                g.content.as_deref(),
-                g.group.as_ref().map(|g| &*g.0),
-            );
-            let by = By { id: None, started_ms: now, expires_ms: None, info };
             let stop = Stop {
                 id,
                 reason: StopReason::Kicked,
-                by: Some(Arc::new(by)),
+                by: Some(kicker(&g, now)),
                 keep_until_ms: 0,
                 unknown_until_ms: now + s.max_token_life_ms(),
             };
@@ -316,6 +309,16 @@ impl Limiter {
             StopOutcome::Full => Err(Error::OverCapacity),
             StopOutcome::Tombstoned { .. } | StopOutcome::Remembered { .. } | StopOutcome::AlreadyStopped => Ok(()),
         }
+    }
+
+    /// docs/spec.md §4 sign out everywhere: with a grant for the user, kicks
+    /// every live session of the user in one step. Idempotent.
+    pub fn sign_out(&self, user: &str, token: &str, now: u64) -> Result<SignedOut, Error> {
+        let g = self.grant_for(&self.settings.load(), user, token, now)?;
+        let out = self.store.sign_out(self.store.user_key(&g.tenant, &g.sub), &kicker(&g, now), now);
+        self.metrics.kicks.fetch_add(out.stopped as u64, Ordering::Relaxed);
+        self.metrics.expired(out.expired);
+        Ok(out)
     }
 
     /// docs/spec.md §4 list: live sessions, oldest first.
@@ -348,6 +351,14 @@ impl Limiter {
     pub fn publish_records(&self) {
         self.metrics.records_held(self.store.records());
     }
+}
+
+/// The `by` of a kick: the grant holder, who has no session id or expiry;
+/// started at the time of the kick, with the grant's text.
+fn kicker(g: &Grant, now: u64) -> Arc<By> {
+    let info =
+        Info::new(g.device.as_deref(), g.label.as_deref(), g.content.as_deref(), g.group.as_ref().map(|g| &*g.0));
+    Arc::new(By { id: None, started_ms: now, expires_ms: None, info })
 }
 
 /// Session ids: a process-random seed plus a counter, through a bijective

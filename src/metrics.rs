@@ -52,20 +52,33 @@ pub enum Route {
     Start,
     Heartbeat,
     Stop,
+    SignOut,
     List,
+    OpenApi,
     Preflight,
     Other,
 }
 
 impl Route {
-    const ALL: [Route; 6] = [Route::Start, Route::Heartbeat, Route::Stop, Route::List, Route::Preflight, Route::Other];
+    const ALL: [Route; 8] = [
+        Route::Start,
+        Route::Heartbeat,
+        Route::Stop,
+        Route::SignOut,
+        Route::List,
+        Route::OpenApi,
+        Route::Preflight,
+        Route::Other,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Route::Start => "start",
             Route::Heartbeat => "heartbeat",
             Route::Stop => "stop",
+            Route::SignOut => "sign_out",
             Route::List => "list",
+            Route::OpenApi => "openapi",
             Route::Preflight => "preflight",
             Route::Other => "other",
         }
@@ -73,9 +86,11 @@ impl Route {
 }
 
 /// Statuses the API answers with; anything else is counted as "other".
-const STATUSES: [u16; 16] = [200, 201, 204, 400, 401, 403, 404, 405, 409, 410, 411, 413, 431, 500, 503, 0];
-const STATUS_TEXT: [&str; STATUSES.len()] =
-    ["200", "201", "204", "400", "401", "403", "404", "405", "409", "410", "411", "413", "431", "500", "503", "other"];
+const STATUSES: [u16; 17] = [200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 411, 413, 431, 500, 503, 0];
+const STATUS_TEXT: [&str; STATUSES.len()] = [
+    "200", "201", "204", "304", "400", "401", "403", "404", "405", "409", "410", "411", "413", "431", "500", "503",
+    "other",
+];
 
 /// Copies of the per-request counters; more than the worker threads a
 /// server of this size runs, so two rarely share one.

@@ -419,6 +419,41 @@ pub fn stop(current: &[Slot], s: &Stop, now: u64) -> Ruling<StopOutcome> {
     }
 }
 
+/// What a sign-out did: `stopped` live sessions are now tombstones;
+/// `expired`: sessions whose time was up (those whose tokens are still
+/// accepted are tombstoned too, so they cannot be rebuilt).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SignedOut {
+    pub stopped: usize,
+    pub expired: usize,
+}
+
+/// docs/spec.md §4 sign out everywhere: every live session of the user is
+/// kicked by `by`, as a kick of each would (the same tombstones), in one
+/// step. A session that expired within its token's leeway, which a
+/// heartbeat would rebuild, is stopped too. Never adds a record; idempotent.
+pub fn sign_out(current: &[Slot], by: &Arc<By>, now: u64) -> Ruling<SignedOut> {
+    let mut w = Working::new(current, now, 0);
+    let mut stopped = 0;
+    for i in 0..w.slots.len() {
+        if matches!(w.slots[i], Slot::Live(_)) {
+            w.stop_at(i, StopReason::Kicked, Some(by.clone()), now);
+            stopped += 1;
+        }
+    }
+    for s in live_in(current) {
+        let expires_ms = s.expires_ms.get();
+        if expires_ms <= now && now <= expires_ms + TOKEN_LEEWAY_MS {
+            let until_ms = expires_ms.max(now) + TOKEN_LEEWAY_MS;
+            let t = Tombstone { id: s.id, reason: StopReason::Kicked, until_ms, by: Some(by.clone()) };
+            w.slots.push(Slot::Tombstone(t));
+        }
+    }
+    let expired = w.expired;
+    let changed = stopped > 0 || expired > 0 || w.slots.len() != current.len();
+    (changed.then(|| w.into_slots()), SignedOut { stopped, expired })
+}
+
 /// Live sessions oldest first, and the units they count as under `policy`.
 pub fn live(current: &[Slot], policy: Policy, now: u64) -> (usize, Vec<Session>) {
     let w = Working::new(current, now, 0);
@@ -748,6 +783,86 @@ mod tests {
         // Tombstones answer through their last millisecond, then go.
         assert_eq!(prune(&slots, T0 + 500_000).map(|(s, _)| s.len()), Some(1), "session 7 still answers");
         assert_eq!(prune(&slots, T0 + 500_001).map(|(s, _)| s.len()), Some(0));
+    }
+
+    fn kicker(now: u64) -> Arc<By> {
+        Arc::new(By { id: None, started_ms: now, expires_ms: None, info: Info::new(Some("phone"), None, None, None) })
+    }
+
+    #[test]
+    fn sign_out_kicks_every_live_session_as_a_kick_of_each_would() {
+        let l = limits(5, RejectNew);
+        let now = T0 + 10_000;
+        let slots = started(3, l);
+        let (ended, _) = stop(
+            &slots,
+            &Stop {
+                id: SessionId(2),
+                reason: StopReason::Ended,
+                by: None,
+                keep_until_ms: T0 + 200_000,
+                unknown_until_ms: 0,
+            },
+            T0 + 5000,
+        );
+        let slots = ended.unwrap();
+        let by = kicker(now);
+        let (after, out) = sign_out(&slots, &by, now);
+        let after = after.expect("records changed");
+        assert_eq!(out, SignedOut { stopped: 2, expired: 0 });
+        // The same records as kicking sessions 1 and 3 one after the other.
+        let mut kicked = slots.clone();
+        for id in [1, 3] {
+            let kick = Stop {
+                id: SessionId(id),
+                reason: StopReason::Kicked,
+                by: Some(by.clone()),
+                keep_until_ms: 0,
+                unknown_until_ms: now + TTL,
+            };
+            kicked = stop(&kicked, &kick, now).0.unwrap();
+        }
+        assert_eq!(after, kicked);
+        assert!(live_ids(&after, now).is_empty());
+        assert_eq!(reason_of(&after, 2), Some(StopReason::Ended), "a stopped session keeps its first reason");
+        for id in [1, 3] {
+            match beat(&after, session(id, T0 + id * 1000), l, now + 1) {
+                (None, BeatOutcome::AlreadyStopped(t)) => {
+                    assert_eq!(t.reason, StopReason::Kicked);
+                    assert_eq!(t.by.as_deref(), Some(&*by));
+                    assert_eq!(t.until_ms, T0 + id * 1000 + TTL + TOKEN_LEEWAY_MS, "until its expiry plus the leeway");
+                }
+                other => panic!("session {id} must stay stopped: {other:?}"),
+            }
+        }
+        // Idempotent: nothing left to stop, nothing written.
+        assert_eq!(sign_out(&after, &kicker(now + 1), now + 1), (None, SignedOut::default()));
+        // The slots are free at once.
+        assert!(start(&after, session(4, now + 2), limits(1, RejectNew), now + 2).is_ok());
+        assert_eq!(sign_out(&[], &by, now), (None, SignedOut::default()));
+    }
+
+    #[test]
+    fn sign_out_also_stops_a_session_a_heartbeat_could_still_rebuild() {
+        let l = limits(5, RejectNew);
+        let one = start(&[], session(1, T0 + 1000), l, T0 + 1000).unwrap().slots;
+        let slots = start(&one, session(2, T0 + 20_000), l, T0 + 20_000).unwrap().slots;
+        // Session 1 expired 2 s ago (its token is within its leeway),
+        // session 2 is live.
+        let now = T0 + 1000 + TTL + 2000;
+        let (after, out) = sign_out(&slots, &kicker(now), now);
+        let after = after.unwrap();
+        assert_eq!(out, SignedOut { stopped: 1, expired: 1 });
+        for id in [1, 2] {
+            let started_ms = if id == 1 { T0 + 1000 } else { T0 + 20_000 };
+            let (_, got) = beat(&after, session(id, started_ms), l, now + 1);
+            assert!(matches!(&got, BeatOutcome::AlreadyStopped(t) if t.reason == StopReason::Kicked), "{id}: {got:?}");
+        }
+        // Past its leeway its tokens are refused anyway: it is just dropped.
+        let later = T0 + 1000 + TTL + TOKEN_LEEWAY_MS + 1;
+        let (after, out) = sign_out(&slots, &kicker(later), later);
+        assert_eq!(out, SignedOut { stopped: 1, expired: 1 });
+        assert_eq!(after.unwrap().len(), 1, "only session 2's tombstone");
     }
 
     #[test]

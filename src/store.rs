@@ -27,8 +27,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
-use crate::policy::{self, Admission, Admitted, Beat, BeatOutcome, Refusal, Ruling, Stop, StopOutcome};
-use crate::session::{Records, Session, Slot};
+use crate::policy::{self, Admission, Admitted, Beat, BeatOutcome, Refusal, Ruling, SignedOut, Stop, StopOutcome};
+use crate::session::{By, Records, Session, Slot};
 use crate::sweeper::{self, FreedHook};
 use crate::wire::Policy;
 
@@ -231,6 +231,12 @@ impl Store {
     /// docs/spec.md §4 stop, as [`policy::stop`] judges it.
     pub fn stop(&self, user: UserKey, s: &Stop, now: u64) -> StopOutcome {
         self.update(user, |current| policy::stop(current, s, now))
+    }
+
+    /// docs/spec.md §4 sign out everywhere, as [`policy::sign_out`] judges it:
+    /// every live session of `user`, in one step.
+    pub fn sign_out(&self, user: UserKey, by: &Arc<By>, now: u64) -> SignedOut {
+        self.update(user, |current| policy::sign_out(current, by, now))
     }
 
     /// Live sessions oldest first and the units they count as (read only).
@@ -639,6 +645,50 @@ mod tests {
             });
             assert_eq!(admitted, 2, "round {round}");
             assert_eq!(store.records(), 2);
+        }
+    }
+
+    #[test]
+    fn a_sign_out_is_never_undone_by_a_renewal_in_place() {
+        // Heartbeats renew two sessions in place while a sign-out stops both:
+        // once it has returned, no heartbeat renews and nothing is live.
+        for round in 0..100 {
+            let store = Store::new(16, [1; 16]);
+            let a = store.user_key("acme", "alice");
+            store.admit(a, &admission(1, 0, 8), 0).unwrap();
+            store.admit(a, &admission(2, 0, 8), 0).unwrap();
+            let by = Arc::new(By { id: None, started_ms: 1, expires_ms: None, info: None });
+            let signed_out = std::sync::atomic::AtomicBool::new(false);
+            let out = std::thread::scope(|s| {
+                let beats = s.spawn(|| {
+                    let (one, two) = (|| admission(1, 0, 8).session, || admission(2, 0, 8).session);
+                    let mut stopped_seen = 0;
+                    for i in 0u64.. {
+                        let after = signed_out.load(Ordering::Acquire);
+                        let rebuild: &dyn Fn() -> Session = if i % 2 == 0 { &one } else { &two };
+                        match store.heartbeat(a, &beat_of(1 + i % 2, 100_000 + i, rebuild), 1) {
+                            BeatOutcome::Renewed { .. } => assert!(!after, "round {round}: renewed after the sign-out"),
+                            BeatOutcome::AlreadyStopped(t) => {
+                                assert_eq!(t.reason, crate::wire::StopReason::Kicked);
+                                stopped_seen += 1;
+                            }
+                            other => panic!("{other:?}"),
+                        }
+                        if stopped_seen >= 4 {
+                            return i;
+                        }
+                    }
+                    unreachable!()
+                });
+                std::thread::yield_now();
+                let out = store.sign_out(a, &by, 1);
+                signed_out.store(true, Ordering::Release);
+                beats.join().unwrap();
+                out
+            });
+            assert_eq!(out, SignedOut { stopped: 2, expired: 0 }, "round {round}");
+            assert_eq!(store.live(a, Policy::RejectNew, 1).0, 0);
+            assert_eq!(store.records(), 2, "two tombstones");
         }
     }
 }

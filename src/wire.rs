@@ -242,6 +242,13 @@ pub struct ListBody<'a> {
     pub sessions: &'a [SessionView],
 }
 
+/// A sign-out's answer: how many live sessions it stopped (`0` when none was
+/// left).
+#[derive(Debug, Serialize)]
+pub struct SignedOutBody {
+    pub stopped: usize,
+}
+
 /// Every error body: `{"error", "message"}` plus the fields of its kind.
 #[derive(Debug, Serialize)]
 pub struct ErrorBody<'a> {
