@@ -316,8 +316,7 @@ impl Limiter {
     pub fn sign_out(&self, user: &str, token: &str, now: u64) -> Result<SignedOut, Error> {
         let g = self.grant_for(&self.settings.load(), user, token, now)?;
         let out = self.store.sign_out(self.store.user_key(&g.tenant, &g.sub), &kicker(&g, now), now);
-        self.metrics.kicks.fetch_add(out.stopped as u64, Ordering::Relaxed);
-        self.metrics.expired(out.expired);
+        self.metrics.signed_out(&out);
         Ok(out)
     }
 

@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::policy::{Admitted, BeatOutcome, StopOutcome};
+use crate::policy::{Admitted, BeatOutcome, SignedOut, StopOutcome};
 use crate::store::Swept;
 use crate::wire::StopReason;
 
@@ -209,6 +209,12 @@ impl Metrics {
         };
         add(&self.sessions_stopped[reason as usize], 1);
         add(&self.expiries, expired);
+    }
+
+    /// A sign-out: the sessions it kicked, and those it found expired.
+    pub fn signed_out(&self, out: &SignedOut) {
+        add(&self.sessions_stopped[StopReason::Kicked as usize], out.stopped);
+        add(&self.expiries, out.expired);
     }
 
     /// A sweep pass: what it dropped, and the gauges as it found them.
