@@ -312,10 +312,16 @@ impl Limiter {
     }
 
     /// docs/spec.md §4 sign out everywhere: with a grant for the user, kicks
-    /// every live session of the user in one step. Idempotent.
+    /// every session of the user that started before now, in one step:
+    /// those held here at once, the others when their heartbeats would
+    /// rebuild them. Idempotent.
     pub fn sign_out(&self, user: &str, token: &str, now: u64) -> Result<SignedOut, Error> {
-        let g = self.grant_for(&self.settings.load(), user, token, now)?;
-        let out = self.store.sign_out(self.store.user_key(&g.tenant, &g.sub), &kicker(&g, now), now);
+        let settings = self.settings.load();
+        let g = self.grant_for(&settings, user, token, now)?;
+        // Sessions this node does not hold may have tokens from before now,
+        // accepted until now + the longest token life at most.
+        let until_ms = now + settings.max_token_life_ms();
+        let out = self.store.sign_out(self.store.user_key(&g.tenant, &g.sub), &kicker(&g, now), until_ms, now);
         self.metrics.signed_out(&out);
         Ok(out)
     }

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::session::{By, Records, Session, Slot, Tombstone};
+use crate::session::{By, Records, Session, SignOut, Slot, Tombstone};
 use crate::wire::{MAX_RECORDS_PER_USER, Policy, SessionId, StopReason, TOKEN_LEEWAY_MS};
 
 /// What a rule decided: the records that replace the user's (`None`: they
@@ -48,8 +48,16 @@ impl Working {
         live_in(&self.slots)
     }
 
+    /// The user's sign-out, if one is in force.
+    fn sign_out(&self) -> Option<&SignOut> {
+        self.slots.iter().find_map(|s| match s {
+            Slot::SignedOut(m) => Some(m),
+            _ => None,
+        })
+    }
+
     fn find(&self, id: SessionId) -> Option<usize> {
-        self.slots.iter().position(|s| s.id() == id)
+        self.slots.iter().position(|s| s.id() == Some(id))
     }
 
     fn stop_at(&mut self, i: usize, reason: StopReason, by: Option<Arc<By>>, now: u64) {
@@ -92,7 +100,7 @@ impl Working {
 fn live_in(slots: &[Slot]) -> impl Iterator<Item = &Session> {
     slots.iter().filter_map(|s| match s {
         Slot::Live(s) => Some(s),
-        Slot::Tombstone(_) => None,
+        Slot::Tombstone(_) | Slot::SignedOut(_) => None,
     })
 }
 
@@ -295,7 +303,7 @@ pub fn renewable<'s>(current: &'s [Slot], b: &Beat<'_>, now: u64) -> Option<&'s 
         if slot.is_expired(now) {
             return None;
         }
-        if slot.id() == b.id && me.is_none() {
+        if slot.id() == Some(b.id) && me.is_none() {
             me = Some(slot);
         }
     }
@@ -310,16 +318,25 @@ pub fn renewable<'s>(current: &'s [Slot], b: &Beat<'_>, now: u64) -> Option<&'s 
 /// docs/spec.md §6: find or rebuild the session, re-validate the user's limits by
 /// the caller's policy, renew.
 pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> Ruling<BeatOutcome> {
-    if let Some(Slot::Tombstone(t)) = current.iter().find(|s| s.id() == b.id) {
+    if let Some(Slot::Tombstone(t)) = current.iter().find(|s| s.id() == Some(b.id)) {
         return (None, BeatOutcome::AlreadyStopped(t.clone()));
     }
     let mut w = Working::new(current, now, 0);
     let healed = match w.find(b.id) {
         Some(_) => false,
-        None if w.full(1) => return (None, BeatOutcome::Full),
         None => {
-            // Unknown here, or expired but within the token's leeway: rebuild.
-            w.slots.push(Slot::Live((b.rebuild)()));
+            // Unknown here, or expired but within the token's leeway: rebuild,
+            // unless the user signed out everywhere after it started.
+            let rebuilt = (b.rebuild)();
+            if let Some(m) = w.sign_out().filter(|m| rebuilt.started_ms < m.at_ms) {
+                let by = Some(m.by.clone());
+                let t = Tombstone { id: b.id, reason: StopReason::Kicked, until_ms: m.until_ms, by };
+                return (None, BeatOutcome::AlreadyStopped(t));
+            }
+            if w.full(1) {
+                return (None, BeatOutcome::Full);
+            }
+            w.slots.push(Slot::Live(rebuilt));
             true
         }
     };
@@ -361,7 +378,7 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> Ruling<BeatOutcome
             over_limit.retain(|id| *id != b.id);
             (Some(w.into_slots()), BeatOutcome::Lost { healed, over_limit, expired })
         }
-        None => unreachable!("the caller's session was inserted above"),
+        Some(Slot::SignedOut(_)) | None => unreachable!("the caller's session was inserted above"),
     }
 }
 
@@ -392,7 +409,7 @@ pub enum StopOutcome {
 
 /// docs/spec.md §4 stop: idempotent; frees the slot at once.
 pub fn stop(current: &[Slot], s: &Stop, now: u64) -> Ruling<StopOutcome> {
-    if let Some(Slot::Tombstone(_)) = current.iter().find(|slot| slot.id() == s.id) {
+    if let Some(Slot::Tombstone(_)) = current.iter().find(|slot| slot.id() == Some(s.id)) {
         return (None, StopOutcome::AlreadyStopped);
     }
     let mut w = Working::new(current, now, 1);
@@ -420,20 +437,22 @@ pub fn stop(current: &[Slot], s: &Stop, now: u64) -> Ruling<StopOutcome> {
 }
 
 /// What a sign-out did: `stopped` live sessions are now tombstones;
-/// `expired`: sessions whose time was up (those whose tokens are still
-/// accepted are tombstoned too, so they cannot be rebuilt).
+/// `expired`: sessions found with their time up.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SignedOut {
     pub stopped: usize,
     pub expired: usize,
 }
 
-/// docs/spec.md §4 sign out everywhere: every live session of the user is
-/// kicked by `by`, as a kick of each would (the same tombstones), in one
-/// step. A session that expired within its token's leeway, which a
-/// heartbeat would rebuild, is stopped too. Never adds a record; idempotent.
-pub fn sign_out(current: &[Slot], by: &Arc<By>, now: u64) -> Ruling<SignedOut> {
-    let mut w = Working::new(current, now, 0);
+/// docs/spec.md §4 sign out everywhere, in one step: every live session of the
+/// user is kicked as a kick of each would (the same tombstones), and the
+/// user's [`SignOut`] (replacing an earlier one) stops every session that
+/// started before `now` and is not held here, when its heartbeat would
+/// rebuild it, through `until_ms`. The sign-out is the one record a user may
+/// hold beyond `MAX_RECORDS_PER_USER`: a user at the bound can still sign
+/// out. Idempotent: a repeat stops nothing more.
+pub fn sign_out(current: &[Slot], by: &Arc<By>, until_ms: u64, now: u64) -> Ruling<SignedOut> {
+    let mut w = Working::new(current, now, 1);
     let mut stopped = 0;
     for i in 0..w.slots.len() {
         if matches!(w.slots[i], Slot::Live(_)) {
@@ -441,17 +460,16 @@ pub fn sign_out(current: &[Slot], by: &Arc<By>, now: u64) -> Ruling<SignedOut> {
             stopped += 1;
         }
     }
-    for s in live_in(current) {
-        let expires_ms = s.expires_ms.get();
-        if expires_ms <= now && now <= expires_ms + TOKEN_LEEWAY_MS {
-            let until_ms = expires_ms.max(now) + TOKEN_LEEWAY_MS;
-            let t = Tombstone { id: s.id, reason: StopReason::Kicked, until_ms, by: Some(by.clone()) };
-            w.slots.push(Slot::Tombstone(t));
-        }
+    let mut mark = SignOut { at_ms: now, until_ms, by: by.clone() };
+    if let Some(earlier) = w.sign_out() {
+        // Should the clock step back, the later sign-out still covers as much.
+        mark.at_ms = mark.at_ms.max(earlier.at_ms);
+        mark.until_ms = mark.until_ms.max(earlier.until_ms);
+        w.slots.retain(|s| !matches!(s, Slot::SignedOut(_)));
     }
+    w.slots.push(Slot::SignedOut(mark));
     let expired = w.expired;
-    let changed = stopped > 0 || expired > 0 || w.slots.len() != current.len();
-    (changed.then(|| w.into_slots()), SignedOut { stopped, expired })
+    (Some(w.into_slots()), SignedOut { stopped, expired })
 }
 
 /// Live sessions oldest first, and the units they count as under `policy`.
@@ -475,7 +493,9 @@ pub fn merge(mine: &[Slot], theirs: &[Slot]) -> Records {
                     (Slot::Live(_), Slot::Tombstone(_)) => true,
                     (Slot::Live(a), Slot::Live(b)) => b.expires_ms.get() > a.expires_ms.get(),
                     (Slot::Tombstone(a), Slot::Tombstone(b)) => b.until_ms > a.until_ms,
-                    (Slot::Tombstone(_), Slot::Live(_)) => false,
+                    (Slot::SignedOut(a), Slot::SignedOut(b)) => b.at_ms > a.at_ms,
+                    // The same id: never a sign-out beside a session's record.
+                    _ => false,
                 };
                 if take {
                     *m = t.clone();
@@ -789,28 +809,38 @@ mod tests {
         Arc::new(By { id: None, started_ms: now, expires_ms: None, info: Info::new(Some("phone"), None, None, None) })
     }
 
+    /// The records without the user's sign-out, and the sign-out.
+    fn split_sign_out(slots: &[Slot]) -> (Vec<Slot>, Vec<SignOut>) {
+        let marks = slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::SignedOut(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        (slots.iter().filter(|s| !matches!(s, Slot::SignedOut(_))).cloned().collect(), marks)
+    }
+
     #[test]
     fn sign_out_kicks_every_live_session_as_a_kick_of_each_would() {
         let l = limits(5, RejectNew);
         let now = T0 + 10_000;
+        let until = now + 2 * TTL;
         let slots = started(3, l);
-        let (ended, _) = stop(
-            &slots,
-            &Stop {
-                id: SessionId(2),
-                reason: StopReason::Ended,
-                by: None,
-                keep_until_ms: T0 + 200_000,
-                unknown_until_ms: 0,
-            },
-            T0 + 5000,
-        );
-        let slots = ended.unwrap();
+        let ended = Stop {
+            id: SessionId(2),
+            reason: StopReason::Ended,
+            by: None,
+            keep_until_ms: T0 + 200_000,
+            unknown_until_ms: 0,
+        };
+        let slots = stop(&slots, &ended, T0 + 5000).0.unwrap();
         let by = kicker(now);
-        let (after, out) = sign_out(&slots, &by, now);
+        let (after, out) = sign_out(&slots, &by, until, now);
         let after = after.expect("records changed");
         assert_eq!(out, SignedOut { stopped: 2, expired: 0 });
-        // The same records as kicking sessions 1 and 3 one after the other.
+        // The same records as kicking sessions 1 and 3 one after the other,
+        // and the sign-out.
         let mut kicked = slots.clone();
         for id in [1, 3] {
             let kick = Stop {
@@ -822,7 +852,9 @@ mod tests {
             };
             kicked = stop(&kicked, &kick, now).0.unwrap();
         }
-        assert_eq!(after, kicked);
+        let (records, marks) = split_sign_out(&after);
+        assert_eq!(records, kicked.to_vec());
+        assert_eq!(marks, [SignOut { at_ms: now, until_ms: until, by: by.clone() }]);
         assert!(live_ids(&after, now).is_empty());
         assert_eq!(reason_of(&after, 2), Some(StopReason::Ended), "a stopped session keeps its first reason");
         for id in [1, 3] {
@@ -835,34 +867,65 @@ mod tests {
                 other => panic!("session {id} must stay stopped: {other:?}"),
             }
         }
-        // Idempotent: nothing left to stop, nothing written.
-        assert_eq!(sign_out(&after, &kicker(now + 1), now + 1), (None, SignedOut::default()));
-        // The slots are free at once.
-        assert!(start(&after, session(4, now + 2), limits(1, RejectNew), now + 2).is_ok());
-        assert_eq!(sign_out(&[], &by, now), (None, SignedOut::default()));
+        // Idempotent: nothing more to stop; one sign-out is held, the later.
+        let (again, out) = sign_out(&after, &kicker(now + 1), until + 1, now + 1);
+        assert_eq!(out, SignedOut::default());
+        let (records, marks) = split_sign_out(&again.unwrap());
+        assert_eq!(records, kicked.to_vec());
+        assert_eq!(marks.iter().map(|m| (m.at_ms, m.until_ms)).collect::<Vec<_>>(), [(now + 1, until + 1)]);
+        // The slots are free at once, for sessions started since.
+        let a = start(&after, session(4, now + 2), limits(1, RejectNew), now + 2).unwrap();
+        assert!(matches!(beat(&a.slots, session(4, now + 2), l, now + 3), (_, BeatOutcome::Renewed { .. })));
     }
 
     #[test]
-    fn sign_out_also_stops_a_session_a_heartbeat_could_still_rebuild() {
+    fn sign_out_stops_sessions_not_held_here_when_they_would_be_rebuilt() {
         let l = limits(5, RejectNew);
-        let one = start(&[], session(1, T0 + 1000), l, T0 + 1000).unwrap().slots;
-        let slots = start(&one, session(2, T0 + 20_000), l, T0 + 20_000).unwrap().slots;
-        // Session 1 expired 2 s ago (its token is within its leeway),
-        // session 2 is live.
-        let now = T0 + 1000 + TTL + 2000;
-        let (after, out) = sign_out(&slots, &kicker(now), now);
+        // Session 1 lapsed 2 s ago (its token is within its leeway) and is
+        // dropped; session 2 lives on another node (or before a restart).
+        let one = start(&[], session(1, T0), l, T0).unwrap().slots;
+        let now = T0 + TTL + 2000;
+        let until = now + TTL + TOKEN_LEEWAY_MS;
+        let by = kicker(now);
+        let (after, out) = sign_out(&one, &by, until, now);
         let after = after.unwrap();
-        assert_eq!(out, SignedOut { stopped: 1, expired: 1 });
-        for id in [1, 2] {
-            let started_ms = if id == 1 { T0 + 1000 } else { T0 + 20_000 };
-            let (_, got) = beat(&after, session(id, started_ms), l, now + 1);
-            assert!(matches!(&got, BeatOutcome::AlreadyStopped(t) if t.reason == StopReason::Kicked), "{id}: {got:?}");
+        assert_eq!(out, SignedOut { stopped: 0, expired: 1 });
+        assert_eq!(after.len(), 1, "only the sign-out is held");
+        for (id, started_ms) in [(1, T0), (2, now - 1)] {
+            match beat(&after, session(id, started_ms), l, now + 1) {
+                (None, BeatOutcome::AlreadyStopped(t)) => {
+                    assert_eq!((t.id, t.reason, t.until_ms), (SessionId(id), StopReason::Kicked, until));
+                    assert_eq!(t.by.as_deref(), Some(&*by));
+                }
+                other => panic!("session {id} started before the sign-out: {other:?}"),
+            }
         }
-        // Past its leeway its tokens are refused anyway: it is just dropped.
-        let later = T0 + 1000 + TTL + TOKEN_LEEWAY_MS + 1;
-        let (after, out) = sign_out(&slots, &kicker(later), later);
-        assert_eq!(out, SignedOut { stopped: 1, expired: 1 });
-        assert_eq!(after.unwrap().len(), 1, "only session 2's tombstone");
+        // A session started since (elsewhere) is rebuilt as usual.
+        assert!(matches!(
+            beat(&after, session(3, now), l, now + 1),
+            (Some(_), BeatOutcome::Renewed { healed: true, .. })
+        ));
+        // Once no token from before the sign-out can be accepted, it is dropped.
+        assert_eq!(prune(&after, until).map(|(s, _)| s.len()), None, "still in force at until_ms");
+        assert_eq!(prune(&after, until + 1).map(|(s, _)| s.len()), Some(0));
+        // It survives the merge of two copies of the store, the later winning.
+        let (later, _) = sign_out(&[], &kicker(now + 5), until + 5, now + 5);
+        let merged = merge(&after, &later.unwrap());
+        assert_eq!(split_sign_out(&merged).1.iter().map(|m| m.at_ms).collect::<Vec<_>>(), [now + 5]);
+    }
+
+    #[test]
+    fn a_user_at_the_record_bound_can_still_sign_out() {
+        let mut slots: Vec<Slot> = (0..MAX_RECORDS_PER_USER as u64 - 1)
+            .map(|id| {
+                let until_ms = T0 + TTL;
+                Slot::Tombstone(Tombstone { id: SessionId(id), reason: StopReason::Ended, until_ms, by: None })
+            })
+            .collect();
+        slots.push(Slot::Live(session(u64::MAX, T0)));
+        let (after, out) = sign_out(&slots, &kicker(T0 + 1), T0 + TTL, T0 + 1);
+        assert_eq!(out, SignedOut { stopped: 1, expired: 0 });
+        assert_eq!(after.unwrap().len(), MAX_RECORDS_PER_USER + 1);
     }
 
     #[test]

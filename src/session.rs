@@ -1,7 +1,8 @@
 //! The records the store holds for each user and the rules in
 //! [`crate::policy`] rewrite: live [`Session`]s, the [`Tombstone`]s of
-//! stopped ones (each a [`Slot`]), who stopped a session ([`By`]) and a
-//! session's optional text ([`Info`]). Plain data and how it is shown to
+//! stopped ones, the [`SignOut`] of a user who signed out everywhere (each a
+//! [`Slot`]), who stopped a session ([`By`]) and a session's optional text
+//! ([`Info`]). Plain data and how it is shown to
 //! players; no rule decides anything here.
 
 use std::sync::Arc;
@@ -114,31 +115,49 @@ pub struct Tombstone {
     pub by: Option<Arc<By>>,
 }
 
-/// One record of a user: a live session or the tombstone of a stopped one.
+/// A sign-out everywhere: every session of the user that started before
+/// `at_ms` is stopped (kicked by `by`), those this node does not hold
+/// included, so none is rebuilt from its token. Kept until `until_ms`, the
+/// last millisecond at which a token issued before the sign-out is accepted.
+/// A user holds at most one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignOut {
+    pub at_ms: u64,
+    pub until_ms: u64,
+    pub by: Arc<By>,
+}
+
+/// One record of a user: a live session, the tombstone of a stopped one, or
+/// the user's sign-out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Slot {
     Live(Session),
     Tombstone(Tombstone),
+    SignedOut(SignOut),
 }
 
 /// One user's records, as the store holds them.
 pub type Records = Box<[Slot]>;
 
 impl Slot {
-    pub fn id(&self) -> SessionId {
+    /// The session the record is of; `None` for a sign-out.
+    pub fn id(&self) -> Option<SessionId> {
         match self {
-            Slot::Live(s) => s.id,
-            Slot::Tombstone(t) => t.id,
+            Slot::Live(s) => Some(s.id),
+            Slot::Tombstone(t) => Some(t.id),
+            Slot::SignedOut(_) => None,
         }
     }
 
     /// Whether the record no longer counts at `now`: a session stops
-    /// counting at its expiry; a tombstone answers through `until_ms`, the
-    /// last millisecond at which one of its tokens is still accepted.
+    /// counting at its expiry; a tombstone or sign-out answers through
+    /// `until_ms`, the last millisecond at which a token it answers for is
+    /// still accepted.
     pub fn is_expired(&self, now: u64) -> bool {
         match self {
             Slot::Live(s) => s.expires_ms.get() <= now,
             Slot::Tombstone(t) => t.until_ms < now,
+            Slot::SignedOut(m) => m.until_ms < now,
         }
     }
 }

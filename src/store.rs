@@ -234,9 +234,10 @@ impl Store {
     }
 
     /// docs/spec.md §4 sign out everywhere, as [`policy::sign_out`] judges it:
-    /// every live session of `user`, in one step.
-    pub fn sign_out(&self, user: UserKey, by: &Arc<By>, now: u64) -> SignedOut {
-        self.update(user, |current| policy::sign_out(current, by, now))
+    /// every live session of `user`, and those not held here until `until_ms`,
+    /// in one step.
+    pub fn sign_out(&self, user: UserKey, by: &Arc<By>, until_ms: u64, now: u64) -> SignedOut {
+        self.update(user, |current| policy::sign_out(current, by, until_ms, now))
     }
 
     /// Live sessions oldest first and the units they count as (read only).
@@ -681,14 +682,14 @@ mod tests {
                     unreachable!()
                 });
                 std::thread::yield_now();
-                let out = store.sign_out(a, &by, 1);
+                let out = store.sign_out(a, &by, 200_000, 1);
                 signed_out.store(true, Ordering::Release);
                 beats.join().unwrap();
                 out
             });
             assert_eq!(out, SignedOut { stopped: 2, expired: 0 }, "round {round}");
             assert_eq!(store.live(a, Policy::RejectNew, 1).0, 0);
-            assert_eq!(store.records(), 2, "two tombstones");
+            assert_eq!(store.records(), 3, "two tombstones and the sign-out");
         }
     }
 }

@@ -240,6 +240,72 @@ fn kick_with_a_grant_reports_the_kicker() {
 }
 
 #[test]
+fn sign_out_everywhere_stops_every_live_session_of_the_user() {
+    let server = TestServer::dev();
+    let api = server.api;
+    let user = unique("gina");
+    let other = unique("hank");
+    let g = grant(&user, 5);
+    let mut sessions: Vec<Session> = (0..3).map(|_| api.start_ok(&user, &g)).collect();
+    // One already ended with its own token: it keeps its reason.
+    let ended = sessions.pop().unwrap();
+    assert_eq!(api.stop(&user, &ended.id, &ended.token).status, 204);
+    sessions.push(api.start_ok(&user, &g));
+    let mut bystander = api.start_ok(&other, &grant(&other, 5));
+
+    let signer =
+        GrantClaims { label: some("Account settings"), device: some("web-1"), ..claims(&user, 5) }.mint(&dev_secret());
+    let path = format!("/v1/users/{user}/sessions");
+    let r = api.call("DELETE", &path, Some(&signer));
+    assert!(r.header("content-type").unwrap_or_default().starts_with("application/json"));
+    assert_eq!(r.expect(200), serde_json::json!({"stopped": 3}));
+    for s in &sessions {
+        let body = api.beat_stopped(s, "kicked");
+        let by = &body["by"];
+        assert_eq!((&by["session_id"], &by["expires_at"]), (&Value::Null, &Value::Null), "{body}");
+        assert_eq!((&by["label"], &by["device"]), (&Value::from("Account settings"), &Value::from("web-1")));
+        assert!(by["started_at"].as_i64().is_some_and(|t| (now_secs() - 5..=now_secs()).contains(&t)), "{by}");
+    }
+    api.beat_stopped(&ended, "ended");
+    assert!(api.listed_ids(&user, &g).is_empty());
+    api.beat_ok(&mut bystander);
+    assert_eq!(api.listed_ids(&other, &grant(&other, 5)), [bystander.id.clone()], "other users are untouched");
+
+    // Idempotent: nothing left to stop.
+    assert_eq!(api.call("DELETE", &path, Some(&signer)).expect(200), serde_json::json!({"stopped": 0}));
+    for s in &sessions {
+        api.beat_stopped(s, "kicked");
+    }
+    // The slots are free at once; a later sign-out stops only what started since.
+    let mut fresh = api.start_ok(&user, &grant(&user, 1));
+    api.beat_ok(&mut fresh);
+    assert_eq!(api.call("DELETE", &path, Some(&g)).expect(200), serde_json::json!({"stopped": 1}));
+    api.beat_stopped(&fresh, "kicked");
+
+    let m = server.metrics();
+    assert_eq!(metric(&m, r#"streamcap_sessions_stopped_total{reason="kicked"}"#), Some(4.0), "{m}");
+    assert_eq!(metric(&m, r#"streamcap_http_requests_total{route="sign_out",status="200"}"#), Some(3.0), "{m}");
+}
+
+#[test]
+fn sign_out_needs_a_grant_for_the_user() {
+    let server = TestServer::dev();
+    let api = server.api;
+    let user = unique("ivan");
+    let mut s = api.start_ok(&user, &grant(&user, 2));
+    let path = format!("/v1/users/{user}/sessions");
+    api.call("DELETE", &path, Some(&s.token)).expect_error(401, "invalid_grant");
+    api.call("DELETE", &path, None).expect_error(401, "invalid_grant");
+    api.call("DELETE", &path, Some(&flip(&grant(&user, 2), 10))).expect_error(401, "invalid_grant");
+    api.call("DELETE", &path, Some(&grant("someone-else", 2))).expect_error(403, "forbidden");
+    api.call("DELETE", "/v1/users/b%20d/sessions", Some(&grant(&user, 2))).expect_error(400, "bad_request");
+    api.beat_ok(&mut s);
+    let r = api.call("PUT", &path, Some(&grant(&user, 2)));
+    r.expect_error(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET, POST, DELETE, OPTIONS"));
+}
+
+#[test]
 fn replace_stops_the_named_session_in_the_same_step() {
     let server = TestServer::dev();
     let api = server.api;
@@ -328,7 +394,8 @@ fn unknown_paths_wrong_methods_and_bad_paths() {
     let sid = "0123456789abcdef";
     for (method, path) in [
         ("PUT", format!("/v1/users/{user}/sessions")),
-        ("DELETE", format!("/v1/users/{user}/sessions")),
+        ("PATCH", format!("/v1/users/{user}/sessions")),
+        ("DELETE", "/v1/openapi.yaml".to_string()),
         ("GET", format!("/v1/users/{user}/sessions/{sid}")),
         ("POST", format!("/v1/users/{user}/sessions/{sid}")),
         ("GET", format!("/v1/users/{user}/sessions/{sid}/heartbeat")),

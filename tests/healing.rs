@@ -308,3 +308,40 @@ fn another_node_with_the_same_keys_accepts_the_tokens() {
     let stranger = TestServer::start(file_config(&other_path));
     stranger.api.heartbeat(&user, &a.id, &a.token).expect_error(401, "invalid_token");
 }
+
+/// docs/spec.md §4 sign out everywhere on a node that does not hold the user's
+/// sessions yet (the user just moved there): they are not rebuilt from
+/// their tokens but answered `410 kicked`; a session started since is.
+#[test]
+fn a_sign_out_also_stops_sessions_the_node_does_not_hold() {
+    let dir = TempDir::new("signout-moved");
+    let path = dir.path("streamcap.toml");
+    write_config(&path, &[("s1", KEY_S1)], &[("k1", KEY_K1)], "");
+    let east = TestServer::start(file_config(&path));
+    let west = TestServer::start(file_config(&path));
+    let user = unique("mover");
+    let g = acme_grant(&user, 3);
+    let older: Vec<Session> = (0..2).map(|_| east.api.start_ok(&user, &g)).collect();
+    let mut held = west.api.start_ok(&user, &g);
+    west.api.beat_ok(&mut held);
+    tick();
+
+    let signer = GrantClaims { label: some("Account settings"), ..acme_claims(&user, 3) }.mint(&secret(KEY_K1));
+    let r = west.api.call("DELETE", &format!("/v1/users/{user}/sessions"), Some(&signer));
+    assert_eq!(r.expect(200), serde_json::json!({"stopped": 1}), "the one session the node holds");
+    for s in older.iter().chain([&held]) {
+        let body = west.api.beat_stopped(s, "kicked");
+        assert_eq!(body["by"]["label"], "Account settings", "{body}");
+        assert_eq!(body["by"]["session_id"], serde_json::Value::Null, "{body}");
+    }
+    assert!(west.api.listed_ids(&user, &g).is_empty());
+
+    // Started since the sign-out: on another node, then moved here.
+    tick();
+    let mut newer = east.api.start_ok(&user, &g);
+    west.api.beat_ok(&mut newer);
+    assert_eq!(west.api.listed_ids(&user, &g), [newer.id.clone()]);
+    assert_eq!(metric(&west.metrics(), "streamcap_heartbeats_healed_total"), Some(1.0));
+    let m = west.metrics();
+    assert_eq!(metric(&m, r#"streamcap_heartbeats_stopped_total{reason="kicked"}"#), Some(3.0), "{m}");
+}

@@ -8,7 +8,8 @@
 //! `?replace=` of a known session id, of the same user or another one),
 //! heartbeat (with the latest, an older still-valid or any token), a round of
 //! heartbeats of a user's players, stop with the session's own token, kick
-//! with a grant (of the same user or another one), total state loss (the
+//! with a grant (of the same user or another one), sign out everywhere (with
+//! a grant of the user, or of another one: `403`), total state loss (the
 //! `Limiter` is replaced by a new one from the same `Settings`: same keys,
 //! like a restart), clock advances (small and large, and to exactly a token's
 //! expiry or the end of its leeway, ±1 ms), an expiry probe and a sweep.
@@ -185,6 +186,11 @@ enum Op {
         pick: usize,
         other_user: bool,
     },
+    /// Sign out everywhere: `DELETE /v1/users/{user}/sessions`.
+    SignOut {
+        user: usize,
+        wrong_grant: bool,
+    },
     Loss,
     Advance {
         ms: u64,
@@ -241,6 +247,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (0..4usize).prop_map(|user| Op::BeatAll { user }),
         5 => (0..16usize, tok()).prop_map(|(pick, tok)| Op::Stop { pick, tok }),
         4 => (0..16usize, prop::bool::weighted(0.2)).prop_map(|(pick, other_user)| Op::Kick { pick, other_user }),
+        2 => (0..4usize, prop::bool::weighted(0.2)).prop_map(|(user, wrong_grant)| Op::SignOut { user, wrong_grant }),
         3 => Just(Op::Loss),
         8 => (0..=1_500u64).prop_map(|ms| Op::Advance { ms }),
         5 => (1_500..=6_000u64).prop_map(|ms| Op::Advance { ms }),
@@ -339,6 +346,9 @@ struct Rec {
 #[derive(Clone, Debug)]
 struct Model {
     recs: Vec<Rec>,
+    /// `(user, at)`: the user signed out everywhere at `at`; a session of
+    /// theirs that started before is never rebuilt (docs/spec.md §4).
+    signed_out: Vec<(usize, u64)>,
     /// Token lifetime in polls (docs/spec.md §1 ttl).
     ttl_factor: u64,
 }
@@ -358,7 +368,7 @@ enum BeatOut {
 
 impl Model {
     fn new(ttl_factor: u32) -> Model {
-        Model { recs: Vec::new(), ttl_factor: ttl_factor as u64 }
+        Model { recs: Vec::new(), signed_out: Vec::new(), ttl_factor: ttl_factor as u64 }
     }
 
     fn ttl(&self, c: &Claims) -> u64 {
@@ -501,6 +511,10 @@ impl Model {
                 }
                 i
             }
+            None if self.signed_out.iter().any(|&(u, at)| u == user && ss[s].started < at) => {
+                count(SIGNED_OUT_UNHELD, 1);
+                return BeatOut::Stopped { reason: StopReason::Kicked, by: By::Grant };
+            }
             None => {
                 // Unknown here: rebuilt from the token.
                 self.recs.push(Rec { user, sess: s, expires: tok_exp, stopped: None });
@@ -533,6 +547,21 @@ impl Model {
         }
     }
 
+    /// docs/spec.md §4 sign out everywhere: every session of `user` not yet
+    /// stopped is kicked, and one not held is never rebuilt if it started
+    /// before now; returns how many were live.
+    fn sign_out(&mut self, user: usize, now: u64) -> usize {
+        self.signed_out.push((user, now));
+        let mut live = 0;
+        for i in 0..self.recs.len() {
+            if self.recs[i].user == user && self.recs[i].stopped.is_none() {
+                live += usize::from(self.is_live(i, now));
+                self.stop(i, StopReason::Kicked, By::Grant);
+            }
+        }
+        live
+    }
+
     fn list(&self, ss: &[Sess], user: usize, policy: Policy, now: u64) -> (usize, Vec<SessionId>) {
         let active = self.units(ss, user, now, policy == Policy::RejectNewDevice, None).len();
         (active, self.ids(ss, &self.live(ss, user, now, None)))
@@ -545,8 +574,8 @@ impl Model {
 
 // ---- coverage counters (printed with --nocapture) ---------------------------------------------
 
-static STATS: [AtomicUsize; 12] = [const { AtomicUsize::new(0) }; 12];
-const STAT_NAMES: [&str; 12] = [
+static STATS: [AtomicUsize; 14] = [const { AtomicUsize::new(0) }; 14];
+const STAT_NAMES: [&str; 14] = [
     "operations",
     "P1 checks armed (non-empty, all renewed since growth)",
     "P2 heartbeat re-validations that stopped someone (reject_new*)",
@@ -559,6 +588,8 @@ const STAT_NAMES: [&str; 12] = [
     "sessions evicted",
     "total losses",
     "410 answers",
+    "sessions signed out",
+    "heartbeats of sessions not held, refused by a sign-out",
 ];
 const OPS: usize = 0;
 const P1: usize = 1;
@@ -572,6 +603,8 @@ const REFUSED: usize = 8;
 const EVICTED: usize = 9;
 const LOSSES: usize = 10;
 const GONE: usize = 11;
+const SIGNED_OUT: usize = 12;
+const SIGNED_OUT_UNHELD: usize = 13;
 
 fn count(stat: usize, n: usize) {
     STATS[stat].fetch_add(n, Relaxed);
@@ -1179,6 +1212,40 @@ impl World {
         Ok(())
     }
 
+    /// Sign out everywhere for `user`: `200` with the number of sessions it
+    /// listed as live, after which none is listed (and, P3, none renews
+    /// until a loss); with another user's grant, `403` and nothing changes.
+    fn sign_out(&mut self, user: usize, wrong_grant: bool) -> Result<(), TestCaseError> {
+        let grant_user = if wrong_grant { (user + 1) % self.users.len() } else { user };
+        let c = self.profile_claims(grant_user);
+        let grant = self.grant(grant_user, &c);
+        let before = self.list_ids(user)?;
+        let answer = self.limiter.sign_out(&self.names[user], &grant, self.now);
+        let what = answer.as_ref().map_or_else(|e| status(e).to_string(), |out| format!("200 stopped {}", out.stopped));
+        self.note(format!("sign out u{user} with a grant of u{grant_user} -> {what}"));
+        if grant_user != user {
+            ensure!(self, matches!(answer, Err(Error::Forbidden(_))), "sign-out with another user's grant: {what}");
+            return Ok(());
+        }
+        let stopped = match answer {
+            Ok(out) => out.stopped,
+            Err(e) => return Err(self.fail(format!("sign-out answered {} {e:?}", status(&e)))),
+        };
+        let expected = self.model.sign_out(user, self.now);
+        ensure!(self, stopped == expected, "sign-out of u{user} stopped {stopped}, model expected {expected}");
+        ensure!(self, stopped == before.len(), "sign-out of u{user} stopped {stopped} of {} listed", before.len());
+        count(SIGNED_OUT, stopped);
+        // Every session of the user started before it is over, held here or not.
+        for s in 0..self.sessions.len() {
+            if before.contains(&s) || (self.sessions[s].user == user && self.sessions[s].started < self.now) {
+                self.sessions[s].stop_seen = Some(self.epoch);
+            }
+        }
+        let after = self.list_ids(user)?;
+        ensure!(self, after.is_empty(), "after a sign-out u{user} still lists {}", after.len());
+        Ok(())
+    }
+
     fn loss(&mut self) {
         self.limiter = new_limiter(&self.settings);
         self.model = Model::new(self.settings.ttl_factor);
@@ -1290,6 +1357,7 @@ impl World {
                     self.kick(s, path_user)?;
                 }
             }
+            Op::SignOut { user, wrong_grant } => self.sign_out(user % nusers, *wrong_grant)?,
             Op::Loss => self.loss(),
             Op::Advance { ms } => {
                 self.advance_to(self.now + ms);
