@@ -55,8 +55,9 @@
 //! - **P3, stopped stays stopped until a loss** ([`World::beat`],
 //!   [`World::list`]). Once any answer showed a session stopped (a `410` to
 //!   its heartbeat, `204` to its own stop or to a kick of it, a start's
-//!   `evicted` or `?replace=` naming it, or its leaving a list at an
-//!   instant), every later heartbeat with any of its tokens gets `410` or
+//!   `evicted` or `?replace=` naming it, its leaving a list at an instant,
+//!   or a `200` to a sign-out of its user after it started, whether the node
+//!   held it or not), every later heartbeat with any of its tokens gets `410` or
 //!   `401` and no list shows it, until the next total loss. The spec's position
 //!   on losses: all state is in RAM (introduction, §8); a node never rebuilds
 //!   a session *it holds* as stopped (§6), and rebuilds any session it does
