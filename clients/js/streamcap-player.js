@@ -19,6 +19,7 @@
 // - on 410 / 401 / 403: stops for good and reports `reason` and `by`;
 // - stop() at the end, and on `pagehide` with `fetch(..., {keepalive: true})`;
 // - kick(sessionId): stops another session of the same user with the grant;
+// - signOutEverywhere(): stops every session of the user with the grant;
 // - the licence gate: licenceUrl(system) and licenceAnswer(answer), where a
 //   licence answer that renews the lease counts as a heartbeat, and
 //   attachShaka(player, shakaPlayer) that routes a Shaka Player's licence
@@ -309,6 +310,27 @@ export class StreamcapPlayer {
     }
     const res = await this.#call('DELETE', `${this.#userPath()}/sessions/${encodeURIComponent(sessionId)}`, grant);
     if (res.status === 204) return { ok: true, status: 204 };
+    return { ok: false, status: res.status, ...this.#errorOf(res) };
+  }
+
+  /**
+   * Signs the user out everywhere with the grant ("sign out of all devices",
+   * e.g. after a password change: docs/spec.md §4 `DELETE /v1/users/{user}/sessions`).
+   * Every session of the user that started before it stops, this player's
+   * own included: each gets 410 `kicked` at its next heartbeat, with `by`
+   * naming this player's grant. Idempotent: `stopped` counts the live
+   * sessions it stopped (0 on a repeat).
+   * @returns {Promise<{ok: boolean, status: number, stopped?: number, error?: string, message?: string}>}
+   */
+  async signOutEverywhere() {
+    let grant;
+    try {
+      grant = await this.#grant();
+    } catch (e) {
+      return { ok: false, status: 0, error: 'no_grant', message: String(e?.message ?? e) };
+    }
+    const res = await this.#call('DELETE', `${this.#userPath()}/sessions`, grant);
+    if (res.status === 200 && res.body) return { ok: true, status: 200, stopped: res.body.stopped };
     return { ok: false, status: res.status, ...this.#errorOf(res) };
   }
 

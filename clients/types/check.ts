@@ -129,3 +129,15 @@ export const onListed: Result<'list'> = {
   sessions: listing.sessions,
 };
 export const listErrors: { error: string; message: string } = {} as ErrorBodies<ListOp>;
+
+// signOutEverywhere(): DELETE /v1/users/{user}/sessions with the grant, 200 {stopped}.
+type SignOutOp = Op<'/v1/users/{user}/sessions', 'delete'>;
+type SignOutResult = Awaited<ReturnType<StreamcapPlayer['signOutEverywhere']>>;
+holds<Equal<IsNever<SignOutOp>, false>>();
+declare const signedOut: Json<SignOutOp, 200>;
+export const onSignedOut: SignOutResult = { ok: true, status: 200, stopped: signedOut.stopped };
+export const signOutErrors: SignOutResult & { error: string; message: string } = {
+  ok: false,
+  status: 403,
+  ...({} as ErrorBodies<SignOutOp>),
+};

@@ -109,6 +109,35 @@ describe('against one server', () => {
     assert.equal(f.beats().length, n);
   });
 
+  test('signOutEverywhere stops every session of the user, its own included', async () => {
+    const user = uniqueUser('signout');
+    const [ga, gb] = await Promise.all([
+      mint({ user, limit: 3, poll: 1, label: 'Living room TV', device: 'tv-1' }),
+      mint({ user, limit: 3, poll: 1, label: 'Account settings', device: 'web-1' }),
+    ]);
+    const a = player(server, user, ga);
+    const b = player(server, user, gb);
+    assert.ok((await a.start()).ok);
+    assert.ok((await b.start()).ok);
+    const stopped = [next(a, 'stopped', 4000), next(b, 'stopped', 4000)];
+    assert.deepEqual(await b.signOutEverywhere(), { ok: true, status: 200, stopped: 2 });
+    for (const info of await Promise.all(stopped)) {
+      assert.equal(info.status, 410);
+      assert.equal(info.reason, 'kicked');
+      assert.equal(info.by.label, 'Account settings', 'by names the grant that signed out');
+      assert.equal(info.by.session_id, null);
+    }
+    assert.equal(a.state, 'stopped');
+    assert.equal((await listSessions(server.baseUrl, user, ga)).active, 0);
+    assert.deepEqual(await b.signOutEverywhere(), { ok: true, status: 200, stopped: 0 }, 'idempotent');
+
+    const stranger = player(server, user, await mint({ user: uniqueUser('other'), limit: 1, poll: 1 }));
+    const r = await stranger.signOutEverywhere();
+    assert.equal(r.ok, false);
+    assert.equal(r.status, 403);
+    assert.equal(r.error, 'forbidden');
+  });
+
   test('409 exposes sessions, limit and active; kick then start plays', async () => {
     const user = uniqueUser('full');
     const [ga, gb, gc] = await Promise.all([
