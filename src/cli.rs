@@ -26,7 +26,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server (the default). With no configuration: dev mode.
+    /// Run the server (the default). With no configuration: dev mode, on 127.0.0.1:8080.
     Serve(ServeArgs),
     /// Mint grants for operators, demos and load tests.
     Mint(MintArgs),

@@ -92,7 +92,8 @@ macro_rules! settings {
 
 settings! {
     listen: String = wire::DEFAULT_LISTEN.to_owned(), env "STREAMCAP_LISTEN",
-        "Public API address", check address;
+        "Public API address (in dev mode, with no --config or STREAMCAP_SERVER_KEYS: 127.0.0.1:8080)",
+        check address;
     admin_listen: String = wire::DEFAULT_ADMIN_LISTEN.to_owned(), env "STREAMCAP_ADMIN_LISTEN",
         "Operator endpoints (/healthz, /metrics)", check address;
     poll_secs: u32 = wire::DEFAULT_POLL_SECS, env "STREAMCAP_POLL_SECS",
@@ -216,7 +217,11 @@ impl Config {
     }
 
     fn build(f: FileConfig, o: &Overrides, server_keys_env: Option<&str>, dev_mode: bool) -> Result<Config, String> {
-        let v = Values::resolve(o, &f);
+        let mut v = Values::resolve(o, &f);
+        // Dev mode runs on public keys: it stays on this machine unless told otherwise.
+        if dev_mode && o.listen.is_none() && f.listen.is_none() {
+            v.listen = wire::DEV_LISTEN.to_owned();
+        }
         v.check_each()?;
         let poll = PollBounds { default: v.poll_secs, min: v.min_poll_secs, max: v.max_poll_secs };
         if !(1 <= poll.min && poll.min <= poll.default && poll.default <= poll.max && poll.max <= u16::MAX as u32) {
@@ -333,8 +338,22 @@ mod tests {
         let c = Config::load(&Overrides::default(), None).unwrap();
         assert!(c.dev_mode);
         assert!(c.core.tenants.contains_key(DEV_TENANT));
-        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.core.poll.default, 30);
+    }
+
+    #[test]
+    fn dev_mode_listens_on_loopback_unless_told_otherwise() {
+        let c = Config::load(&Overrides::default(), None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.summary().starts_with("listen=127.0.0.1:8080 "), "{}", c.summary());
+        let o = Overrides { listen: Some("0.0.0.0:18080".into()), ..Default::default() };
+        assert_eq!(Config::load(&o, None).unwrap().listen.to_string(), "0.0.0.0:18080");
+        // A configured server keeps the documented default.
+        let c = Config::build(file(&full()), &Overrides::default(), None, false).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        let c =
+            Config::build(file(&format!("listen = \"10.0.0.1:80\"\n{}", full())), &Overrides::default(), None, false);
+        assert_eq!(c.unwrap().listen.to_string(), "10.0.0.1:80");
     }
 
     #[test]

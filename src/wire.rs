@@ -32,6 +32,8 @@ pub const TOKEN_LEEWAY_MS: u64 = 5_000;
 // ---- defaults (docs/spec.md §8) ------------------------------------------------------
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Dev mode runs on fixed, public keys: it listens on loopback only unless told otherwise.
+pub const DEV_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_POLL_SECS: u32 = 30;
 pub const DEFAULT_MIN_POLL_SECS: u32 = 1;

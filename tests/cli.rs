@@ -78,3 +78,10 @@ fn serving_turns_transparent_huge_pages_off_unless_told_otherwise() {
         assert_eq!(thp_enabled(&opted_in).as_deref(), Some("1"), "MIMALLOC_ALLOW_THP=1 was not honoured");
     }
 }
+
+#[test]
+fn help_says_where_dev_mode_listens() {
+    let help = run(&["serve", "--help"]);
+    assert!(help.contains("0.0.0.0:8080") && help.contains("dev mode"), "{help}");
+    assert!(help.contains("127.0.0.1:8080"), "{help}");
+}
