@@ -271,8 +271,61 @@ impl Config {
     }
 }
 
+/// Parses the file. A syntax or type error names its line, column and key
+/// but does not quote the line, which may hold a secret.
 pub fn parse_file(text: &str) -> Result<FileConfig, String> {
-    toml::from_str(text).map_err(|e| e.message().to_owned())
+    toml::from_str(text).map_err(|e| located(text, &e))
+}
+
+/// `line L, column C, key K: what is wrong`, from the error's byte span.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    let Some(start) = e.span().map(|s| s.start.min(text.len())).filter(|s| text.is_char_boundary(*s)) else {
+        return message.to_owned();
+    };
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_no = text[..line_start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let mut out = format!("line {line_no}, column {column}");
+    let table = text[..line_start].lines().rev().find_map(table_header);
+    let header = table_header(line);
+    let key = match (header, key_of(line)) {
+        (Some(name), _) => Some(name.to_owned()),
+        (None, Some(key)) => Some(table.map_or_else(|| key.to_owned(), |t| format!("{t}.{key}"))),
+        (None, None) => table.map(str::to_owned),
+    };
+    if let Some(key) = &key {
+        out.push_str(&format!(", key {key}"));
+    }
+    out.push_str(": ");
+    out.push_str(message);
+    // `[tenants]` declares one table where a list of them is wanted.
+    if let Some(name) = header
+        && message.starts_with("invalid type: map, expected a sequence")
+        && !line.trim_start().starts_with("[[")
+    {
+        out.push_str(&format!(" (write [[{name}]]: each entry of the list is a [[{name}]] table)"));
+    }
+    out
+}
+
+/// `tenants` for a `[tenants]` or `[[tenants]]` line.
+fn table_header(line: &str) -> Option<&str> {
+    let line = line.split('#').next()?.trim();
+    let name = line
+        .strip_prefix("[[")
+        .and_then(|l| l.strip_suffix("]]"))
+        .or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')))?;
+    Some(name.trim())
+}
+
+/// `listen` for a `listen = …` line; `None` where the line holds no bare key.
+fn key_of(line: &str) -> Option<&str> {
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))
+        .then_some(key)
 }
 
 fn parse_key_list(list: &str) -> Result<Vec<Key>, String> {
@@ -389,6 +442,21 @@ mod tests {
         let short = full().replacen(KEY_A, "0101", 1);
         let err = bad(&short);
         assert!(err.contains("64") && !err.contains("0101"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_line_column_and_key() {
+        let err = parse_file("poll_secs = 20\nlisten = 127.0.0.1:18080\n").unwrap_err();
+        assert!(err.starts_with("line 2, column 15, key listen: invalid float"), "{err}");
+        let err = parse_file(&full().replace("[[tenants]]", "[tenants]")).unwrap_err();
+        assert!(err.starts_with("line 5, column 1, key tenants: invalid type: map"), "{err}");
+        assert!(err.contains("write [[tenants]]"), "{err}");
+        // A bad value inside a table names the table too, and never quotes the line.
+        let err = parse_file(&full().replace("id = \"acme\"", "id = 7")).unwrap_err();
+        assert!(err.starts_with("line 6, column 6, key tenants.id: "), "{err}");
+        let err = parse_file(&full().replace(&format!("\"{KEY_A}\""), &KEY_A[..40])).unwrap_err();
+        assert!(err.starts_with("line 4, column 10, key server_keys.secret: "), "{err}");
+        assert!(!err.contains(&KEY_A[..16]), "{err}");
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::process::Command;
 
 use common::*;
 
-fn run(args: &[&str]) -> String {
+/// `streamcap <args>` with no `STREAMCAP_*` variables but `env`.
+fn command(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamcap"));
     cmd.args(args);
     for (k, _) in std::env::vars_os() {
@@ -15,9 +16,23 @@ fn run(args: &[&str]) -> String {
             cmd.env_remove(k);
         }
     }
-    let out = cmd.output().expect("run streamcap");
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("run streamcap")
+}
+
+fn run(args: &[&str]) -> String {
+    let out = command(args, &[]);
     assert!(out.status.success(), "streamcap {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// Runs a command that must fail: exit status 2, nothing on stdout; returns stderr.
+fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = command(args, env);
+    let stderr = String::from_utf8(out.stderr).expect("UTF-8 errors");
+    assert_eq!(out.status.code(), Some(2), "streamcap {args:?}: {stderr}");
+    assert!(out.stdout.is_empty(), "streamcap {args:?} printed {:?}", String::from_utf8_lossy(&out.stdout));
+    stderr
 }
 
 #[test]
@@ -84,4 +99,14 @@ fn help_says_where_dev_mode_listens() {
     let help = run(&["serve", "--help"]);
     assert!(help.contains("0.0.0.0:8080") && help.contains("dev mode"), "{help}");
     assert!(help.contains("127.0.0.1:8080"), "{help}");
+}
+
+#[test]
+fn configuration_syntax_errors_name_line_column_and_key() {
+    let dir = TempDir::new("syntax");
+    let path = dir.path("streamcap.toml");
+    std::fs::write(&path, "# streamcap\nlisten = 127.0.0.1:18080\n").unwrap();
+    let path = path.display().to_string();
+    let err = fails(&["serve", "--config", &path], &[]);
+    assert!(err.contains(&format!("config file {path}: line 2, column 15, key listen: ")), "{err}");
 }
