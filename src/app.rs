@@ -142,12 +142,14 @@ fn dev_banner(addr: SocketAddr) -> String {
     format!(
         "\n!!! DEV MODE: no configuration was given. Tenant \"{}\" and the server key use\n\
          !!! FIXED, PUBLICLY KNOWN secrets: anyone can mint grants. Never expose this\n\
-         !!! server; pass --config (or STREAMCAP_SERVER_KEYS) for real use.\n\n\
+         !!! server. For real use, write a TOML file with one [[server_keys]] and one\n\
+         !!! [[tenants]] and start with --config FILE: see {}.\n\n\
          Try it (a grant for user alice, limit 2, valid 24 h):\n\n  \
          curl -s -X POST http://127.0.0.1:{port}/v1/users/alice/sessions \\\n    \
          -H 'Authorization: Bearer {grant}'\n\n\
          More grants: streamcap mint --user bob --limit 3\n",
-        config::DEV_TENANT
+        config::DEV_TENANT,
+        config::PRODUCTION_RECIPE,
     )
 }
 
@@ -165,4 +167,19 @@ async fn shutdown_signal() {
         }
     }
     tracing::info!("shutting down: no new connections, finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_banner_says_what_a_real_configuration_is() {
+        let banner = dev_banner("127.0.0.1:18080".parse().unwrap());
+        assert!(banner.contains("one [[server_keys]] and one\n!!! [[tenants]]"), "{banner}");
+        assert!(banner.contains("--config FILE"), "{banner}");
+        assert!(banner.contains(config::PRODUCTION_RECIPE), "{banner}");
+        assert!(!banner.contains(config::SERVER_KEYS_ENV), "{banner}");
+        assert!(banner.contains("http://127.0.0.1:18080/v1/users/alice/sessions"), "{banner}");
+    }
 }

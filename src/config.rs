@@ -26,6 +26,22 @@ pub const DEV_TENANT_KEY: &str = "64656d6f2d74656e616e742d6b65792d6e6f742d612d73
 pub const DEV_SERVER_KEY: &str = "64656d6f2d7365727665722d6b65792d6e6f742d612d7365637265742d212121";
 /// Environment variable with the server keys, `kid:hex[,kid:hex…]`, first signs.
 pub const SERVER_KEYS_ENV: &str = "STREAMCAP_SERVER_KEYS";
+/// Where the way from dev mode to a real configuration is written down.
+pub const PRODUCTION_RECIPE: &str = "docs/operating.md, \"From dev mode to production in 5 minutes\"";
+/// The least a real configuration holds, for the error that asks for one.
+pub const MINIMAL_CONFIG: &str = "A minimal real configuration is a TOML file with one [[server_keys]] and \
+one [[tenants]], each secret from `streamcap keygen`:
+
+    [[server_keys]]
+    kid = \"s1\"
+    secret = \"<64 hex characters>\"
+
+    [[tenants]]
+    id = \"acme\"
+    keys = [{ kid = \"k1\", secret = \"<64 hex characters>\" }]
+
+Run it with `streamcap serve --config streamcap.toml`; mint grants with \
+`streamcap mint --config streamcap.toml --tenant acme`.";
 
 /// Declares every plain setting once: its name (the TOML key, and the
 /// `--flag` with `_` as `-`), its type, default, environment variable, help
@@ -339,7 +355,11 @@ fn parse_key_list(list: &str) -> Result<Vec<Key>, String> {
 
 fn tenants(entries: &[TenantEntry]) -> Result<Tenants, String> {
     if entries.is_empty() {
-        return Err("no [[tenants]] configured: nobody could start a session".into());
+        return Err(format!(
+            "no [[tenants]] configured: nobody could start a session. Tenants are declared only in the \
+             configuration file; {SERVER_KEYS_ENV} sets the server keys and nothing else.\n{MINIMAL_CONFIG}\n\
+             See {PRODUCTION_RECIPE}."
+        ));
     }
     let mut out = Tenants::default();
     for t in entries {
@@ -457,6 +477,23 @@ mod tests {
         let err = parse_file(&full().replace(&format!("\"{KEY_A}\""), &KEY_A[..40])).unwrap_err();
         assert!(err.starts_with("line 4, column 10, key server_keys.secret: "), "{err}");
         assert!(!err.contains(&KEY_A[..16]), "{err}");
+    }
+
+    #[test]
+    fn server_keys_alone_are_refused_with_a_minimal_configuration_that_works() {
+        let err = Config::load(&Overrides::default(), Some(&format!("s1:{KEY_A}"))).unwrap_err();
+        assert!(err.starts_with("no [[tenants]] configured"), "{err}");
+        assert!(err.contains("one [[server_keys]] and one [[tenants]]"), "{err}");
+        assert!(err.contains("docs/operating.md, \"From dev mode to production in 5 minutes\""), "{err}");
+        // The example in the message, with real keys, is a configuration the server runs with.
+        let example: String = err
+            .lines()
+            .filter_map(|l| l.strip_prefix("    "))
+            .map(|l| format!("{}\n", l.replace("<64 hex characters>", KEY_A)))
+            .collect();
+        let c = Config::build(file(&example), &Overrides::default(), None, false).unwrap();
+        assert!(c.core.tenants.contains_key("acme"));
+        assert!(!c.dev_mode);
     }
 
     #[test]

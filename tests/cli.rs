@@ -110,3 +110,14 @@ fn configuration_syntax_errors_name_line_column_and_key() {
     let err = fails(&["serve", "--config", &path], &[]);
     assert!(err.contains(&format!("config file {path}: line 2, column 15, key listen: ")), "{err}");
 }
+
+#[test]
+fn server_keys_alone_are_refused_with_what_a_real_configuration_is() {
+    let keys = format!("s1:{KEY_S1}");
+    let err = fails(&["serve", "--listen", "127.0.0.1:0"], &[("STREAMCAP_SERVER_KEYS", &keys)]);
+    assert!(err.contains("no [[tenants]] configured"), "{err}");
+    assert!(err.contains("a TOML file with one [[server_keys]] and one [[tenants]]"), "{err}");
+    assert!(err.contains("streamcap serve --config streamcap.toml"), "{err}");
+    assert!(err.contains("docs/operating.md, \"From dev mode to production in 5 minutes\""), "{err}");
+    assert!(!err.contains(KEY_S1), "{err}");
+}
