@@ -11,8 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Overrides};
-use crate::grant::GrantClaims;
-use crate::keys::{self, Key};
+use crate::grant::{self, GrantClaims, PollBounds, Tenant, Tenants};
+use crate::keys::{self, Key, KeyRing};
+use crate::wire::Policy;
 
 #[derive(Debug, Parser)]
 #[command(name = "streamcap", version, about = "Caps how many streams one account plays at once.")]
@@ -88,20 +89,26 @@ pub struct MintArgs {
     /// The user (with --count: the prefix of numbered users).
     #[arg(long, default_value = "alice")]
     pub user: String,
+    /// Most streams the user may play at once, 1-1000.
     #[arg(long, default_value_t = 2)]
     pub limit: i64,
-    /// reject_new | evict_oldest | reject_new_device (default: the tenant's).
+    /// reject_new | evict_oldest | reject_new_device (default: the tenant's;
+    /// with STREAMCAP_MINT_KEY, checked as if it were reject_new).
     #[arg(long)]
     pub policy: Option<String>,
+    /// Concurrency group of this content (e.g. a studio), 1-64 of [A-Za-z0-9._~-]; needs --group-limit.
     #[arg(long, requires = "group_limit")]
     pub group: Option<String>,
+    /// Most streams the user may play at once within --group, 1-1000.
     #[arg(long, requires = "group")]
     pub group_limit: Option<i64>,
     /// Device id (with --count: the prefix of numbered devices).
     #[arg(long)]
     pub device: Option<String>,
+    /// Text shown for the session in lists, e.g. "Living room TV" (at most 64 bytes).
     #[arg(long)]
     pub label: Option<String>,
+    /// What is playing, shown in session lists (at most 128 bytes).
     #[arg(long)]
     pub content: Option<String>,
     /// Heartbeat interval for these sessions, seconds.
@@ -122,29 +129,38 @@ pub struct MintArgs {
 pub const MINT_KEY_ENV: &str = "STREAMCAP_MINT_KEY";
 
 impl MintArgs {
-    fn key(&self) -> Result<Key, String> {
+    /// The key to sign with, and the tenants as the server would know them,
+    /// to check each grant against before it is printed.
+    fn signer(&self) -> Result<(Key, Tenants), String> {
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let file = config::parse_file(&text)?;
-            let tenant = file
-                .tenants
-                .iter()
-                .find(|t| t.id == self.tenant)
+            let in_file = |e: String| format!("config file {}: {e}", path.display());
+            let file = config::parse_file(&text).map_err(in_file)?;
+            let tenants = config::tenants(&file.tenants).map_err(in_file)?;
+            let tenant = tenants
+                .get(self.tenant.as_str())
                 .ok_or_else(|| format!("tenant {:?} is not in {}", self.tenant, path.display()))?;
-            let entry = match &self.kid {
-                Some(kid) => tenant.keys.iter().find(|k| &k.kid == kid),
-                None => tenant.keys.first(),
-            }
-            .ok_or("no such key for this tenant")?;
-            return Key::parse(&entry.kid, &entry.secret);
+            let key = match &self.kid {
+                Some(kid) => {
+                    tenant.keys.find(kid).ok_or_else(|| format!("tenant {:?} has no key {kid:?}", self.tenant))?
+                }
+                None => tenant.keys.signing(),
+            };
+            return Ok((key.clone(), tenants));
         }
         if let Ok(hex) = std::env::var(MINT_KEY_ENV) {
-            return Key::parse(self.kid.as_deref().unwrap_or("k"), hex.trim());
+            let key = Key::parse(self.kid.as_deref().unwrap_or("k"), hex.trim())?;
+            // The tenant's default policy is not known here; reject_new is the server's default.
+            let tenant = Tenant { keys: KeyRing::new(vec![key.clone()])?, default_policy: Policy::RejectNew };
+            let mut tenants = Tenants::default();
+            tenants.insert(self.tenant.as_str().into(), tenant);
+            return Ok((key, tenants));
         }
         if self.tenant != config::DEV_TENANT {
             return Err(format!("no key for tenant {:?}: give --config or {MINT_KEY_ENV}", self.tenant));
         }
-        Key::parse("dev", config::DEV_TENANT_KEY)
+        let (_, tenants) = config::dev_keys();
+        Ok((tenants[config::DEV_TENANT].keys.signing().clone(), tenants))
     }
 
     fn claims<'a>(&'a self, user: &'a str, device: Option<&'a str>, exp: i64) -> GrantClaims<'a> {
@@ -164,21 +180,31 @@ impl MintArgs {
         }
     }
 
-    /// Writes one grant, or `--count` JSON lines.
+    /// Writes one grant, or `--count` JSON lines. Each grant is first
+    /// verified as the server would verify it (its own code, with the
+    /// default poll bounds): one the server would refuse is an error.
     pub fn run(&self, out: &mut impl Write) -> Result<(), String> {
-        let key = self.key()?;
+        let (key, tenants) = self.signer()?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let exp = now + self.valid_secs;
+        let exp = now.saturating_add(self.valid_secs);
+        let mint = |user: &str, device: Option<&str>| -> Result<String, String> {
+            let grant = self.claims(user, device, exp).mint(&key.secret);
+            let now_ms = u64::try_from(now).unwrap_or(0).saturating_mul(1000);
+            match grant::verify(&grant, &tenants, PollBounds::DEFAULT, now_ms) {
+                Ok(_) => Ok(grant),
+                Err(e) => Err(format!("the server would refuse this grant: {}", e.0)),
+            }
+        };
         let io = |e: std::io::Error| e.to_string();
         let Some(count) = self.count else {
-            let grant = self.claims(&self.user, self.device.as_deref(), exp).mint(&key.secret);
+            let grant = mint(&self.user, self.device.as_deref())?;
             return writeln!(out, "{grant}").map_err(io);
         };
         let users = self.users.unwrap_or(count).max(1);
         for i in 0..count {
             let user = format!("{}-{}", self.user, i % users);
             let device = self.device.as_ref().map(|d| format!("{d}-{i}"));
-            let grant = self.claims(&user, device.as_deref(), exp).mint(&key.secret);
+            let grant = mint(&user, device.as_deref())?;
             let line = serde_json::json!({"user": user, "device": device, "grant": grant});
             writeln!(out, "{line}").map_err(io)?;
         }

@@ -353,7 +353,8 @@ fn parse_key_list(list: &str) -> Result<Vec<Key>, String> {
         .collect()
 }
 
-fn tenants(entries: &[TenantEntry]) -> Result<Tenants, String> {
+/// The `[[tenants]]` of a file, validated; also what `mint` checks its grants against.
+pub(crate) fn tenants(entries: &[TenantEntry]) -> Result<Tenants, String> {
     if entries.is_empty() {
         return Err(format!(
             "no [[tenants]] configured: nobody could start a session. Tenants are declared only in the \

@@ -39,6 +39,13 @@ pub struct PollBounds {
 }
 
 impl PollBounds {
+    /// The bounds a server has when none are configured.
+    pub const DEFAULT: PollBounds = PollBounds {
+        default: wire::DEFAULT_POLL_SECS,
+        min: wire::DEFAULT_MIN_POLL_SECS,
+        max: wire::DEFAULT_MAX_POLL_SECS,
+    };
+
     fn clamp(self, poll: Option<i64>) -> u32 {
         match poll {
             None => self.default,
@@ -145,12 +152,14 @@ fn validate(c: GrantClaims<'_>, tenant: &Tenant, bounds: PollBounds, now_ms: u64
         return Err(InvalidGrant("tenant is not valid"));
     }
     if !wire::is_name(&c.sub, wire::MAX_USER_LEN) {
-        return Err(InvalidGrant("sub must be 1-128 characters of [A-Za-z0-9._~-]"));
+        return Err(InvalidGrant("sub (the user id) must be 1-128 characters of [A-Za-z0-9._~-]"));
     }
     let limit = bounded_limit(c.limit).ok_or(InvalidGrant("limit must be an integer 1-1000"))?;
     let policy = match c.policy.as_deref() {
         None => tenant.default_policy,
-        Some(p) => p.parse().map_err(|_| InvalidGrant("unknown policy"))?,
+        Some(p) => {
+            p.parse().map_err(|_| InvalidGrant("policy must be reject_new, evict_oldest or reject_new_device"))?
+        }
     };
     let group = match (c.group, c.group_limit) {
         (None, None) => None,

@@ -121,3 +121,57 @@ fn server_keys_alone_are_refused_with_what_a_real_configuration_is() {
     assert!(err.contains("docs/operating.md, \"From dev mode to production in 5 minutes\""), "{err}");
     assert!(!err.contains(KEY_S1), "{err}");
 }
+
+/// `mint` checks each grant with the server's own rules: what the server
+/// would refuse is an error (exit 2, nothing printed), not a grant.
+#[test]
+fn mint_refuses_what_the_server_would_refuse() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--policy", "evict-oldest"], "policy must be reject_new, evict_oldest or reject_new_device"),
+        (&["--limit", "0"], "limit must be an integer 1-1000"),
+        (&["--limit", "1001"], "limit must be an integer 1-1000"),
+        (&["--policy", "reject_new_device"], "policy reject_new_device needs a device"),
+        (&["--user", "al!ce"], "sub (the user id) must be 1-128 characters"),
+        (&["--group", "studio", "--group-limit", "0"], "group_limit must be an integer 1-1000"),
+        (&["--group", "a b", "--group-limit", "1"], "group must be 1-64 characters"),
+        (&["--label", &"x".repeat(65)], "label is longer than 64 bytes"),
+        (&["--valid-secs=-3600"], "grant has expired"),
+        (&["--kid", "k9"], "unknown key id"),
+        (&["--count", "3", "--user", "al!ce"], "sub (the user id)"),
+    ];
+    for (flags, why) in cases {
+        let args: Vec<&str> = ["mint"].iter().chain(flags.iter()).copied().collect();
+        let err = fails(&args, &[]);
+        assert!(err.contains(&format!("the server would refuse this grant: {why}")), "{args:?}: {err}");
+    }
+    // The edge values are accepted.
+    for limit in ["1", "1000"] {
+        assert!(run(&["mint", "--limit", limit]).starts_with("g1."));
+    }
+    run(&["mint", "--policy", "reject_new_device", "--device", "tv-1"]);
+
+    // With --config, the tenant's own default policy applies.
+    let dir = TempDir::new("mint-rules");
+    let path = dir.path("streamcap.toml");
+    write_config(&path, &[("s1", KEY_S1)], &[("k1", KEY_K1)], "");
+    let text = std::fs::read_to_string(&path).unwrap().replace("\"reject_new\"", "\"reject_new_device\"");
+    std::fs::write(&path, text).unwrap();
+    let path = path.display().to_string();
+    let err = fails(&["mint", "--config", &path, "--tenant", "acme"], &[]);
+    assert!(err.contains("policy reject_new_device needs a device"), "{err}");
+    run(&["mint", "--config", &path, "--tenant", "acme", "--device", "tv-1"]);
+    let err = fails(&["mint", "--config", &path, "--tenant", "other"], &[]);
+    assert!(err.contains("tenant \"other\" is not in"), "{err}");
+}
+
+#[test]
+fn mint_help_explains_every_grant_field() {
+    let help = run(&["mint", "--help"]);
+    for flag in
+        ["--limit <LIMIT>", "--group <GROUP>", "--group-limit <GROUP_LIMIT>", "--label <LABEL>", "--content <CONTENT>"]
+    {
+        let line = help.lines().find(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag}: {help}"));
+        let text = line.trim_start()[flag.len()..].split("[default:").next().unwrap().trim();
+        assert!(!text.is_empty(), "{flag} has no help: {line:?}");
+    }
+}
