@@ -1,5 +1,5 @@
 //! `streamcap serve`: the process around a [`Server`]. Builds the runtime,
-//! binds the listeners, warns when the open-files limit is too low for
+//! binds the listeners, says when the open-files limit is too low for
 //! `max_connections`, shows the dev-mode banner, runs until SIGTERM or
 //! SIGINT and reloads the configuration on SIGHUP. The command line itself
 //! is [`crate::cli`].
@@ -47,7 +47,7 @@ pub fn serve(args: &ServeArgs, release: fn(bool)) -> Result<(), String> {
         let addr = public.local_addr().map_err(|e| e.to_string())?;
         let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(config = %config.summary(), "effective configuration");
-        warn_if_few_descriptors(config.max_connections);
+        check_open_files_limit(config.max_connections, config.dev_mode);
         if config.dev_mode {
             tracing::warn!("DEV MODE: tenant \"demo\" and the server key use fixed, publicly known secrets");
             eprintln!("{}", dev_banner(addr));
@@ -85,20 +85,44 @@ fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     socket.listen(LISTEN_BACKLOG).map_err(fail)
 }
 
-/// Each connection needs a file descriptor: warn when the soft limit
-/// cannot hold `max_connections` (plus a margin for listeners and logs).
-fn warn_if_few_descriptors(max_connections: usize) {
-    let soft_limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
-        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-        line.split_whitespace().nth(3)?.parse::<u64>().ok()
-    });
-    if let Some(limit) = soft_limit.filter(|l| *l < max_connections as u64 + 64) {
-        tracing::warn!(
-            open_files_limit = limit,
-            max_connections,
-            "the open-files limit is below max_connections + 64: raise it (LimitNOFILE, ulimit -n)"
-        );
+/// Descriptors beyond one per connection: the listeners, the runtime's and
+/// the logger's, and connections being refused with 503 at the cap, each of
+/// which holds one for a moment.
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Each connection holds a file descriptor, and past the open-files limit
+/// new connections fail at `accept` instead of getting a 503. `main` has
+/// already raised the soft limit to the hard one; if that still cannot hold
+/// `max_connections`, say so and what to do. A configured server warns; a
+/// dev server keeps the production default of `max_connections`, which only
+/// a load test approaches, so there it is an info line.
+fn check_open_files_limit(max_connections: usize, dev_mode: bool) {
+    let Some((soft, hard)) = open_files_limits() else { return };
+    let need = max_connections as u64 + SPARE_DESCRIPTORS;
+    if soft >= need {
+        return;
     }
+    let advice = format!(
+        "the open-files limit ({soft}, hard limit {hard}) is below max_connections + {SPARE_DESCRIPTORS} ({need}): \
+         past about {} connections new ones fail instead of getting 503. Raise it to at least {need}: \
+         `ulimit -n {need}` in the shell that starts streamcap, LimitNOFILE={need} in its systemd unit, \
+         or --ulimit nofile={need} for a container; or lower max_connections",
+        soft.saturating_sub(SPARE_DESCRIPTORS)
+    );
+    if dev_mode {
+        tracing::info!(open_files_limit = soft, max_connections, "{advice}");
+    } else {
+        tracing::warn!(open_files_limit = soft, max_connections, "{advice}");
+    }
+}
+
+/// This process's open-files limits, soft and hard, from `/proc/self/limits`
+/// (`None` where there is no such file).
+fn open_files_limits() -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut values = line.split_whitespace().skip(3).map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
+    Some((values.next()?, values.next()?))
 }
 
 /// SIGHUP: load the configuration again and put it in force; a

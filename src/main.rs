@@ -35,11 +35,32 @@ fn keep_returned_memory_returned() {
     }
 }
 
+/// Raises the open-files soft limit to the hard limit the operator set:
+/// each connection holds a descriptor, and the usual soft limit of 1024 is
+/// kept low only for programs that use `select`. `streamcap::app::serve`
+/// then warns if even the hard limit cannot hold `max_connections`.
+fn raise_open_files_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit and setrlimit only read and write the struct
+        // passed, which lives on this stack frame. If either fails the limit
+        // stays as it was, which the warning then reports.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let mut out = std::io::stdout().lock();
     if matches!(cli.command, None | Some(Command::Serve(_))) {
         keep_returned_memory_returned();
+        raise_open_files_limit();
     }
     let result = match &cli.command {
         None => streamcap::app::serve(&cli.serve, release_memory),

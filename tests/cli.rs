@@ -1,9 +1,11 @@
 //! docs/spec.md §8 tools: `streamcap keygen` prints a key, `streamcap mint` prints
-//! grants the server accepts.
+//! grants the server accepts; what `streamcap serve` says when it starts or
+//! refuses to.
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 
 use common::*;
 
@@ -173,5 +175,79 @@ fn mint_help_explains_every_grant_field() {
         let line = help.lines().find(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag}: {help}"));
         let text = line.trim_start()[flag.len()..].split("[default:").next().unwrap().trim();
         assert!(!text.is_empty(), "{flag} has no help: {line:?}");
+    }
+}
+
+/// This process's open-files limits, soft and hard (`/proc/<pid>/limits`).
+#[cfg(target_os = "linux")]
+fn open_files_limits(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read /proc limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
+    let v: Vec<u64> = line.split_whitespace().skip(3).take(2).map(|v| v.parse().unwrap_or(u64::MAX)).collect();
+    (v[0], v[1])
+}
+
+/// `streamcap serve <args>` started by `sh` after `ulimit -S -n <soft>`;
+/// returns the child and its log up to the "listening on" line.
+#[cfg(target_os = "linux")]
+fn serve_with_soft_limit(soft: u64, args: &[&str]) -> (Child, String) {
+    let script = format!("ulimit -S -n {soft} && exec \"$0\" serve \"$@\"");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script).arg(env!("CARGO_BIN_EXE_streamcap")).args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("STREAMCAP_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn sh");
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.expect("read the server's log");
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening on") {
+            return (child, log);
+        }
+    }
+    let _ = child.wait();
+    panic!("streamcap serve {args:?} did not start:\n{log}");
+}
+
+/// The server raises its soft open-files limit to the hard one, and says
+/// nothing of the limit when that holds max_connections; when even the hard
+/// limit cannot, a configured server warns with what to do (a dev server
+/// says the same at info level).
+#[cfg(target_os = "linux")]
+#[test]
+fn open_files_limit_is_raised_and_reported_only_when_short() {
+    let (_, hard) = open_files_limits("self");
+    let local = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    if hard > 512 {
+        let mut args = local.to_vec();
+        args.extend(["--max-connections", "100"]);
+        let (mut child, log) = serve_with_soft_limit(256, &args);
+        let limits = open_files_limits(&child.id().to_string());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(limits, (hard, hard), "the soft limit was not raised");
+        assert!(!log.contains("open-files limit"), "{log}");
+    }
+
+    let too_many = (hard.min(1 << 40) + 1000).to_string();
+    let need = format!("{}", hard.min(1 << 40) + 1064);
+    let dir = TempDir::new("nofile");
+    let path = dir.path("streamcap.toml");
+    write_config(&path, &[("s1", KEY_S1)], &[("k1", KEY_K1)], "");
+    let path = path.display().to_string();
+    for (config, level) in [(vec!["--config", path.as_str()], "WARN"), (vec![], "INFO")] {
+        let mut args = local.to_vec();
+        args.extend(config);
+        args.extend(["--max-connections", too_many.as_str()]);
+        let (mut child, log) = serve_with_soft_limit(hard, &args);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let line = log.lines().find(|l| l.contains("open-files limit")).unwrap_or_else(|| panic!("{log}"));
+        assert!(line.contains(level), "{line}");
+        assert!(line.contains(&format!("ulimit -n {need}")) && line.contains(&format!("LimitNOFILE={need}")), "{line}");
     }
 }
