@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::limiter::{Error, Limiter};
-use crate::metrics::Route;
+use crate::metrics::{Format, Route};
 use crate::wire::{self, ErrorBody, ErrorExtra, ListBody, RenewedBody, SessionId, SignedOutBody, StartedBody};
 
 pub type Reply = Response<Full<Bytes>>;
@@ -397,18 +397,18 @@ fn bearer(headers: &HeaderMap) -> &str {
     }
 }
 
-/// Serves one operator request: `/healthz` and `/metrics`.
+/// Serves one operator request: `/healthz`, and `/metrics` in the format `Accept` asks for.
 pub async fn serve_admin(api: Arc<Api>, req: Request<Incoming>) -> Reply {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/metrics") => {
             api.limiter.publish_records();
-            let text = api.limiter.metrics().render();
+            let accept = req.headers().get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            let text = api.limiter.metrics().render(format);
             let mut r = Response::new(Full::new(Bytes::from(text)));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            );
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+            r.headers_mut().insert(header::VARY, HeaderValue::from_static("accept"));
             r
         }
         (_, "/healthz" | "/metrics") => failure(&Failure::MethodNotAllowed("GET")),

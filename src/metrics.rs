@@ -1,6 +1,6 @@
 //! Counters for `/metrics`: plain atomics bumped on the request path (no
-//! locks, no label lookups), rendered in Prometheus text format by
-//! `prometheus-client` only when scraped. The counters every request bumps
+//! locks, no label lookups), rendered by `prometheus-client` only when
+//! scraped, in OpenMetrics or the classic Prometheus text format ([`Format`]). The counters every request bumps
 //! are striped: each thread adds to its own copy, on cache lines no other
 //! thread writes, and a scrape sums the copies.
 
@@ -271,14 +271,62 @@ impl Metrics {
         self.hot.iter().map(|h| counter(h).load(Relaxed)).sum()
     }
 
-    /// Renders every metric in Prometheus text format.
-    pub fn render(self: &std::sync::Arc<Self>) -> String {
+    /// Renders every metric in `format`.
+    pub fn render(self: &std::sync::Arc<Self>, format: Format) -> String {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(self.clone()));
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        let _ = match format {
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry),
+            Format::Classic => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry),
+        };
         out
+    }
+}
+
+/// The text formats `/metrics` answers in. Prometheus asks for OpenMetrics;
+/// some scrapers and agents read only the classic format, version 0.0.4,
+/// where a counter's `# TYPE` names the `_total` series and there is no
+/// `# EOF`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    Classic,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Classic => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+
+    /// The format an `Accept` header asks for: OpenMetrics when it names
+    /// `application/openmetrics-text` with a quality above zero and at least
+    /// that of the classic format (`text/plain`, `text/*`, `*/*`); the
+    /// classic format otherwise, and when there is no header.
+    pub fn negotiate<'a>(accept: impl IntoIterator<Item = &'a str>) -> Format {
+        let (mut openmetrics, mut classic) = (0.0f32, 0.0f32);
+        for range in accept.into_iter().flat_map(|v| v.split(',')) {
+            let mut params = range.split(';');
+            let media = params.next().unwrap_or("").trim();
+            let quality = params
+                .find_map(|p| {
+                    let (name, value) = p.split_once('=')?;
+                    name.trim().eq_ignore_ascii_case("q").then(|| value.trim().parse::<f32>().ok())?
+                })
+                .filter(|q| (0.0..=1.0).contains(q))
+                .unwrap_or(1.0);
+            if media.eq_ignore_ascii_case("application/openmetrics-text") {
+                openmetrics = openmetrics.max(quality);
+            } else if media.eq_ignore_ascii_case("text/plain") || media.eq_ignore_ascii_case("text/*") || media == "*/*"
+            {
+                classic = classic.max(quality);
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= classic { Format::OpenMetrics } else { Format::Classic }
     }
 }
 
@@ -411,6 +459,17 @@ mod tests {
     }
 
     #[test]
+    fn negotiation_reads_every_accept_value() {
+        let two = ["text/plain;q=0.2", "application/openmetrics-text;q=0.3"];
+        assert_eq!(Format::negotiate(two), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(["text/plain;q=0.4", "application/openmetrics-text;q=0.3"]), Format::Classic);
+        // A quality that is not one counts as 1.
+        assert_eq!(Format::negotiate(["application/openmetrics-text;q=nan, text/plain;q=0.9"]), Format::OpenMetrics);
+        assert_eq!(Format::negotiate([]), Format::Classic);
+        assert_eq!(Format::negotiate([",;,=;q=,"]), Format::Classic);
+    }
+
+    #[test]
     fn striped_counters_add_up_across_threads() {
         let m = std::sync::Arc::new(Metrics::default());
         // More threads than stripes, so some share one.
@@ -427,7 +486,7 @@ mod tests {
                 });
             }
         });
-        let text = m.render();
+        let text = m.render(Format::OpenMetrics);
         let n = (2 * STRIPES + 1) as u64;
         assert_eq!(value(&text, "streamcap_heartbeats_ok_total"), Some(1000 * n), "{text}");
         assert_eq!(value(&text, "streamcap_starts_admitted_total"), Some(n), "{text}");

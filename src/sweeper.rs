@@ -152,7 +152,7 @@ mod tests {
     }
 
     fn panics_counted(metrics: &Arc<Metrics>) -> Option<u64> {
-        let text = metrics.render();
+        let text = metrics.render(crate::metrics::Format::OpenMetrics);
         text.lines().find_map(|l| l.strip_prefix("streamcap_sweeper_panics_total ")?.parse().ok())
     }
 
