@@ -20,7 +20,7 @@ fn release_memory(force: bool) {
 /// returned the parts of a 2 MiB range that expired sessions freed, the
 /// kernel's khugepaged re-fills the whole range as one huge page again, so
 /// with THP on, RSS after an expiry crept back up with no traffic at all
-/// (BENCHMARKS.md, "Memory after expiry"). Heartbeat throughput measured the
+/// (docs/design.md, "Memory"). Heartbeat throughput measured the
 /// same either way.
 fn keep_returned_memory_returned() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {

@@ -1,4 +1,4 @@
-// streamcap-player.js: the player side of streamcap (SPEC §4, §6), as a small
+// streamcap-player.js: the player side of streamcap (docs/spec.md §4, §6), as a small
 // dependency-free ES module for browsers and Node 20+.
 //
 //   import { StreamcapPlayer } from './streamcap-player.js';
@@ -28,7 +28,7 @@
 /** @typedef {'idle'|'starting'|'playing'|'retrying'|'refused'|'error'|'stopping'|'stopped'} PlayerState */
 
 /**
- * A session as the server lists it (SPEC §4 "session view"). Times are Unix
+ * A session as the server lists it (docs/spec.md §4 "session view"). Times are Unix
  * seconds; absent optional fields are `null`. In the `by` of a kick,
  * `session_id` and `expires_at` are `null` and `started_at` is the kick's time.
  * @typedef {object} SessionView
@@ -197,7 +197,7 @@ export class StreamcapPlayer {
   }
 
   /**
-   * Starts a session (SPEC §4 start). On 201 the heartbeat loop runs until the
+   * Starts a session (docs/spec.md §4 start). On 201 the heartbeat loop runs until the
    * session ends. A 409 is not an exception: the result carries `sessions`,
    * `limit` and `active` so the page can offer "stop one of these".
    * @param {{replace?: string}} [opts] `replace`: a session of the same user to stop
@@ -293,7 +293,7 @@ export class StreamcapPlayer {
   }
 
   /**
-   * Stops another session of the same user with the grant ("kick": SPEC §4
+   * Stops another session of the same user with the grant ("kick": docs/spec.md §4
    * stop). That session's next heartbeat gets 410 `kicked`, with `by` naming
    * this player's grant (label, device). Typical use, from the 409 screen:
    * `await player.kick(id); await player.start();` (or `start({replace: id})`
@@ -528,7 +528,7 @@ export class StreamcapPlayer {
     this.expiresAt = Number(b.expires_at);
     // The lease ends at expires_at (server clock). A local clock running ahead
     // would make that look too near (even past): never count on less than one
-    // more poll, nor, when the clocks plainly disagree, less than SPEC's
+    // more poll, nor, when the clocks plainly disagree, less than docs/spec.md's
     // default ttl of 3 polls. Retrying a little too long is harmless: the
     // server answers 401 to an expired token.
     const now = this.#now();

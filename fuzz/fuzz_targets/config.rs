@@ -1,4 +1,4 @@
-//! The configuration file (SPEC §8, README "Configuration"), chosen by the
+//! The configuration file (docs/spec.md §8), chosen by the
 //! first byte:
 //!
 //! - raw: any text into `config::parse_file`; what parses is written to a
@@ -333,7 +333,7 @@ fn ring_ok(keys: &[KeyEntry]) -> bool {
         })
 }
 
-/// Whether the README's rules accept `f`.
+/// Whether docs/spec.md §8's rules accept `f`.
 fn oracle(f: &File) -> bool {
     if f.unknown.is_some() {
         return false;

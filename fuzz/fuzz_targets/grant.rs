@@ -1,10 +1,10 @@
-//! `streamcap::grant::verify` (SPEC §2) three ways, chosen by the first byte:
+//! `streamcap::grant::verify` (docs/spec.md §2) three ways, chosen by the first byte:
 //!
 //! - raw: any bytes, as lossy UTF-8, must be refused or accepted without a
 //!   panic; an accepted grant must satisfy every field rule.
 //! - claims: structured claims minted with the dev tenant key (so the MAC
 //!   passes and the validator runs), then perhaps mutated. Unmutated, the
-//!   answer must equal an independent oracle written from SPEC §2; any
+//!   answer must equal an independent oracle written from docs/spec.md §2; any
 //!   mutation that changes the text must be refused.
 //! - payload: arbitrary bytes as the JSON payload, correctly signed: serde's
 //!   parsing behind a valid MAC must never panic, and an accepted grant must
@@ -162,7 +162,7 @@ fn claims_case(u: &mut Unstructured<'_>) -> Result<()> {
             match (&got, &want) {
                 (Ok(g), Some(w)) => assert_eq!(g, w, "accepted grant differs from its claims: {c:?}"),
                 (Err(_), None) => {}
-                _ => panic!("verify {got:?} but SPEC §2 says {want:?} for {c:?}"),
+                _ => panic!("verify {got:?} but docs/spec.md §2 says {want:?} for {c:?}"),
             }
         }
         Mutation::WrongKey => assert!(got.is_err(), "a grant signed with another key was accepted: {c:?}"),
@@ -172,7 +172,7 @@ fn claims_case(u: &mut Unstructured<'_>) -> Result<()> {
     Ok(())
 }
 
-/// SPEC §2, written independently of `streamcap::wire`: the grant `c`
+/// docs/spec.md §2, written independently of `streamcap::wire`: the grant `c`
 /// becomes, or `None` if it must be refused.
 fn oracle(c: &Claims, len: usize) -> Option<Grant> {
     if len > 4096 || c.tenant != TENANT {

@@ -1,10 +1,10 @@
-//! Lease tokens (SPEC §3), chosen by the first byte:
+//! Lease tokens (docs/spec.md §3), chosen by the first byte:
 //!
 //! - raw: any bytes, as lossy UTF-8, into `Lease::verify` with the dev server
 //!   keys at an arbitrary time. Nothing may panic; an accepted token renews
 //!   and verifies back to the same claims with only the expiry changed.
 //! - round trip: structured `LeaseClaims` within the domain the server mints
-//!   (the SPEC §2 field rules) → `mint` → `verify` must give back the same
+//!   (the docs/spec.md §2 field rules) → `mint` → `verify` must give back the same
 //!   claims (only `content`, then `label`, may be shortened, and only when
 //!   the token would otherwise pass 512 bytes) → `renew` → `verify`.
 //!   `mint` may refuse only when the identifying fields alone do not fit.
@@ -82,7 +82,7 @@ struct Owned {
 }
 
 fn round_trip(u: &mut Unstructured<'_>) -> Result<()> {
-    // Mostly what a verified grant can hold (SPEC §2); one time in eight,
+    // Mostly what a verified grant can hold (docs/spec.md §2); one time in eight,
     // fields past what the layout carries (strings over 255 bytes, numbers
     // over 65 535), which `mint` must refuse. Kids of 1-16 characters.
     let wide = u.ratio(1, 8)?;

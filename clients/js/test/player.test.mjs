@@ -319,7 +319,7 @@ test('keeps playing through a server restart and heals', async () => {
     assert.equal(p.sessionId, r.sessionId);
     assert.ok(retries.length >= 1);
     assert.ok(retries.every((e) => e.status === 0 && e.error === 'network'), JSON.stringify(retries));
-    // The new process rebuilt the session from the token (SPEC §6).
+    // The new process rebuilt the session from the token (docs/spec.md §6).
     assert.ok((await server.metric('streamcap_heartbeats_healed_total')) >= 1);
     const listed = await listSessions(server.baseUrl, user, grant);
     assert.deepEqual(listed.sessions.map((s) => s.session_id), [r.sessionId]);

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Mint a streamcap grant (SPEC §2) the way a tenant's backend does, in Node 20+.
+// Mint a streamcap grant (docs/spec.md §2) the way a tenant's backend does, in Node 20+.
 //
 //   npm ci                       # in clients/: @noble/hashes (pure JS, audited, has keyed BLAKE3)
 //   STREAMCAP_TENANT_KEY=<64 hex> node mint_grant.mjs --tenant acme --user alice --limit 2 \

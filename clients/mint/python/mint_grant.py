@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Mint a streamcap grant (SPEC §2) the way a tenant's backend does.
+"""Mint a streamcap grant (docs/spec.md §2) the way a tenant's backend does.
 
     pip install blake3
     STREAMCAP_TENANT_KEY=<64 hex> python3 mint_grant.py --tenant acme --user alice --limit 2 \\

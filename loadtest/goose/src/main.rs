@@ -3,7 +3,7 @@
 //! A player mints a grant with the project's own library, starts a session
 //! (`POST /v1/users/{user}/sessions`), heartbeats with its latest lease token
 //! every `poll_after` seconds, and stops (`DELETE …/sessions/{id}`) when its
-//! playback ends or the load test does. Outcomes follow SPEC §4/§6:
+//! playback ends or the load test does. Outcomes follow docs/spec.md §4/§6:
 //!
 //! - `200` on a heartbeat: keep the new token;
 //! - `410`: the session is over for good; the player starts a fresh playback

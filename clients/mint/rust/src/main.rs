@@ -1,4 +1,4 @@
-//! Mint a streamcap grant (SPEC §2) from a Rust backend with the streamcap
+//! Mint a streamcap grant (docs/spec.md §2) from a Rust backend with the streamcap
 //! library's own `GrantClaims::mint`, so the format is exactly the server's.
 //!
 //! ```sh
