@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::grant::{PollBounds, Tenant, Tenants};
 use crate::keys::{Key, KeyRing};
 use crate::limiter::Settings;
+use crate::upstream::{LicenceFile, LicenceSettings};
 use crate::wire::{self, Policy};
 
 /// The dev tenant's id.
@@ -132,6 +133,11 @@ settings! {
         "Allowed browser origins, comma-separated", check any, arg(value_delimiter = ',');
     sweep_millis: u64 = wire::DEFAULT_SWEEP_MILLIS, env "STREAMCAP_SWEEP_MILLIS",
         "Interval of the expiry sweep, milliseconds", check positive;
+    licence_connect_timeout_ms: u64 = wire::DEFAULT_LICENCE_CONNECT_TIMEOUT_MS,
+        env "STREAMCAP_LICENCE_CONNECT_TIMEOUT_MS",
+        "Connect timeout to a licence upstream, milliseconds", check positive;
+    licence_timeout_ms: u64 = wire::DEFAULT_LICENCE_TIMEOUT_MS, env "STREAMCAP_LICENCE_TIMEOUT_MS",
+        "Whole exchange with a licence upstream, milliseconds", check positive;
 }
 
 /// How a setting's value reads in `--help` and in the summary: as it would
@@ -197,6 +203,8 @@ pub struct TenantEntry {
     pub id: String,
     pub default_policy: Option<String>,
     pub keys: Vec<KeyEntry>,
+    /// The licence gate's upstreams, one table per DRM system (docs/spec.md §10).
+    pub licence: Option<LicenceFile>,
 }
 
 /// The effective, validated configuration.
@@ -210,6 +218,8 @@ pub struct Config {
     pub header_timeout: Duration,
     pub cors_origins: Vec<String>,
     pub sweep_interval: Duration,
+    /// The licence gate: timeouts and every tenant's upstreams.
+    pub licence: LicenceSettings,
     pub dev_mode: bool,
     /// The settings as resolved, before conversion: what [`Config::summary`] shows.
     pub values: Values,
@@ -258,6 +268,18 @@ impl Config {
             let server_keys = KeyRing::new(server_keys).map_err(|e| format!("server_keys: {e}"))?;
             (server_keys, tenants(&f.tenants)?)
         };
+        let mut licence = LicenceSettings {
+            connect_timeout: Duration::from_millis(v.licence_connect_timeout_ms),
+            timeout: Duration::from_millis(v.licence_timeout_ms),
+            ..Default::default()
+        };
+        if !dev_mode {
+            for t in &f.tenants {
+                if let Some(tables) = &t.licence {
+                    licence.add_tenant(&t.id, tables)?;
+                }
+            }
+        }
         Ok(Config {
             listen: address(&v.listen),
             admin_listen: address(&v.admin_listen),
@@ -267,22 +289,25 @@ impl Config {
             header_timeout: Duration::from_secs(v.header_timeout_secs),
             cors_origins: v.cors_origins.clone(),
             sweep_interval: Duration::from_millis(v.sweep_millis),
+            licence,
             dev_mode,
             values: v,
         })
     }
 
     /// The effective configuration, without secrets: every setting as
-    /// `name=value`, then the server keys' and tenants' ids.
+    /// `name=value`, then the server keys' and tenants' ids and the licence
+    /// tables as `tenant/system` (no URL, no header).
     pub fn summary(&self) -> String {
         let c = &self.core;
         let mut tenants: Vec<&str> = c.tenants.keys().map(|t| &**t).collect();
         tenants.sort_unstable();
         format!(
-            "{} server_keys={:?} tenants={:?}",
+            "{} server_keys={:?} tenants={:?} licence={:?}",
             self.values.summary(),
             c.server_keys.kids().collect::<Vec<_>>(),
-            tenants
+            tenants,
+            self.licence.names()
         )
     }
 }

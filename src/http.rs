@@ -16,8 +16,10 @@ use serde::Serialize;
 
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::licence;
 use crate::limiter::{Error, Limiter};
 use crate::metrics::{Format, Route};
+use crate::upstream::{UpstreamError, Upstreams};
 use crate::wire::{self, ErrorBody, ErrorExtra, ListBody, RenewedBody, SessionId, SignedOutBody, StartedBody};
 
 pub type Reply = Response<Full<Bytes>>;
@@ -37,6 +39,8 @@ pub struct Edge {
     pub idle_timeout: Duration,
     /// Bounds receiving a request head, and reading a request body.
     pub header_timeout: Duration,
+    /// The licence gate's upstreams and their pooled clients.
+    pub licence: Arc<Upstreams>,
 }
 
 impl Edge {
@@ -46,6 +50,7 @@ impl Edge {
             max_connections: config.max_connections,
             idle_timeout: config.idle_timeout,
             header_timeout: config.header_timeout,
+            licence: Arc::new(Upstreams::new(&config.licence)),
         }
     }
 }
@@ -65,7 +70,7 @@ impl Cors {
         Cors::Only(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect())
     }
 
-    fn allow(&self, req: &HeaderMap, res: &mut HeaderMap) {
+    pub(crate) fn allow(&self, req: &HeaderMap, res: &mut HeaderMap) {
         match self {
             Cors::Any => {
                 res.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
@@ -92,7 +97,9 @@ pub enum Failure {
     NotFound,
     MethodNotAllowed(&'static str),
     BadRequest(&'static str),
-    TooLarge,
+    /// The body is over the route's limit (bytes).
+    TooLarge(usize),
+    Upstream(UpstreamError),
 }
 
 impl From<Error> for Failure {
@@ -128,6 +135,9 @@ pub fn failure(f: &Failure) -> Reply {
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             r
         }
+        Failure::Core(Error::NoLicenceUpstream) => {
+            plain(StatusCode::NOT_FOUND, "not_found", "no licence server is configured for this DRM system")
+        }
         Failure::NotFound => plain(StatusCode::NOT_FOUND, "not_found", "no such route"),
         Failure::MethodNotAllowed(allow) => {
             let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route");
@@ -135,8 +145,13 @@ pub fn failure(f: &Failure) -> Reply {
             r
         }
         Failure::BadRequest(m) => close(plain(StatusCode::BAD_REQUEST, "bad_request", m)),
-        Failure::TooLarge => {
-            close(plain(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is over 16 KiB"))
+        Failure::TooLarge(limit) => {
+            let message = format!("request body is over {} KiB", limit / 1024);
+            close(plain(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message))
+        }
+        Failure::Upstream(UpstreamError::Unavailable(m)) => plain(StatusCode::BAD_GATEWAY, "upstream_unavailable", m),
+        Failure::Upstream(UpstreamError::Timeout) => {
+            plain(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the licence server did not answer in time")
         }
     }
 }
@@ -187,6 +202,8 @@ enum Path<'a> {
     Sessions(&'a str),
     Session(&'a str, &'a str),
     Heartbeat(&'a str, &'a str),
+    /// `(user, session, system)`.
+    Licence(&'a str, &'a str, &'a str),
 }
 
 fn parse_path(path: &str) -> Option<Path<'_>> {
@@ -203,7 +220,13 @@ fn parse_path(path: &str) -> Option<Path<'_>> {
     match cut(rest) {
         (id, None) => Some(Path::Session(user, id)),
         (id, Some("heartbeat")) => Some(Path::Heartbeat(user, id)),
-        _ => None,
+        (id, Some(rest)) => match cut(rest) {
+            ("licence", Some(system)) => match cut(system) {
+                (system, None) => Some(Path::Licence(user, id, system)),
+                _ => None,
+            },
+            _ => None,
+        },
     }
 }
 
@@ -225,6 +248,7 @@ fn route_of(path: &Option<Path<'_>>, method: &Method) -> Route {
         (Some(Path::Session(..)), &Method::DELETE) => Route::Stop,
         (Some(Path::OpenApi), &Method::GET) => Route::OpenApi,
         (Some(Path::Heartbeat(..)), &Method::POST) => Route::Heartbeat,
+        (Some(Path::Licence(..)), _) => Route::Licence,
         _ => Route::Other,
     }
 }
@@ -233,13 +257,19 @@ fn route_of(path: &Option<Path<'_>>, method: &Method) -> Route {
 pub async fn serve_api(api: Arc<Api>, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     let path = parse_path(parts.uri.path());
+    if let Some(Path::Licence(user, id, system)) = path {
+        let repeated = parts.extensions.get::<RepeatedContentLength>().is_some();
+        if !repeated {
+            return licence::serve(&api, &parts, body, user, id, system).await;
+        }
+    }
     let route = route_of(&path, &parts.method);
     let edge = api.edge.load();
     let repeated = parts.extensions.get::<RepeatedContentLength>().is_some();
     let read = if repeated { Err(Failure::BadRequest("duplicated Content-Length")) } else { Ok(()) };
-    let mut reply = match read.and(read_body(edge.header_timeout, &parts.headers, body).await) {
+    let mut reply = match read.and(read_body(edge.header_timeout, wire::MAX_BODY_BYTES, &parts.headers, body).await) {
         Err(f) => failure(&f),
-        Ok(()) => match answer(&api, &parts, path) {
+        Ok(_) => match answer(&api, &parts, path) {
             Ok(reply) => reply,
             Err(f) => failure(&f),
         },
@@ -249,9 +279,16 @@ pub async fn serve_api(api: Arc<Api>, req: Request<Incoming>) -> Reply {
     reply
 }
 
-/// Reads and discards any request body, within docs/spec.md §4's limits: our
-/// requests carry none, but the connection must stay in step.
-async fn read_body(timeout: Duration, headers: &HeaderMap, body: Incoming) -> Result<(), Failure> {
+/// Reads a request body of at most `limit` bytes (docs/spec.md §4: 16 KiB; the
+/// licence route: 64 KiB). The JSON routes' requests carry none and discard
+/// what comes, but the connection must stay in step.
+pub(crate) async fn read_body(
+    timeout: Duration,
+    limit: usize,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, Failure> {
+    let too_large = Failure::TooLarge(limit);
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     if let (Some(len), more) = (lengths.next(), lengths.next()) {
         if more.is_some() {
@@ -259,17 +296,17 @@ async fn read_body(timeout: Duration, headers: &HeaderMap, body: Incoming) -> Re
         }
         let len: u64 =
             len.to_str().ok().and_then(|s| s.parse().ok()).ok_or(Failure::BadRequest("bad Content-Length"))?;
-        if len > wire::MAX_BODY_BYTES as u64 {
-            return Err(Failure::TooLarge);
+        if len > limit as u64 {
+            return Err(too_large);
         }
     }
     if body.is_end_stream() {
-        return Ok(());
+        return Ok(Bytes::new());
     }
-    let limited = Limited::new(body, wire::MAX_BODY_BYTES);
+    let limited = Limited::new(body, limit);
     match tokio::time::timeout(timeout, limited.collect()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::TooLarge),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
         Ok(Err(_)) => Err(Failure::BadRequest("request body could not be read")),
         Err(_) => Err(Failure::BadRequest("request body took too long")),
     }
@@ -281,7 +318,7 @@ fn answer(api: &Api, parts: &http::request::Parts, path: Option<Path<'_>>) -> Re
         Path::OpenApi => "GET, OPTIONS",
         Path::Sessions(_) => "GET, POST, DELETE, OPTIONS",
         Path::Session(..) => "DELETE, OPTIONS",
-        Path::Heartbeat(..) => "POST, OPTIONS",
+        Path::Heartbeat(..) | Path::Licence(..) => "POST, OPTIONS",
     };
     if parts.method == Method::OPTIONS {
         return Ok(preflight());
@@ -364,7 +401,7 @@ fn preflight() -> Reply {
     r
 }
 
-fn checked_user(user: &str) -> Result<&str, Failure> {
+pub(crate) fn checked_user(user: &str) -> Result<&str, Failure> {
     if wire::is_name(user, wire::MAX_USER_LEN) {
         Ok(user)
     } else {
@@ -372,7 +409,7 @@ fn checked_user(user: &str) -> Result<&str, Failure> {
     }
 }
 
-fn session_id(id: &str) -> Result<SessionId, Failure> {
+pub(crate) fn session_id(id: &str) -> Result<SessionId, Failure> {
     id.parse().map_err(|()| Failure::BadRequest("session id must be 16 lowercase hex characters"))
 }
 
@@ -386,7 +423,7 @@ fn replace_param(query: Option<&str>) -> Result<Option<SessionId>, Failure> {
 
 /// The credential from `Authorization: Bearer …`; empty when absent, which
 /// the core refuses like any other bad credential.
-fn bearer(headers: &HeaderMap) -> &str {
+pub(crate) fn bearer(headers: &HeaderMap) -> &str {
     // `from_utf8` checks ASCII a word at a time; `HeaderValue::to_str` a byte at a time.
     let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| std::str::from_utf8(v.as_bytes()).ok()) else {
         return "";
@@ -426,6 +463,10 @@ mod tests {
         assert_eq!(parse_path("/v1/users/bob/sessions"), Some(Path::Sessions("bob")));
         assert_eq!(parse_path("/v1/users/bob/sessions/abc"), Some(Path::Session("bob", "abc")));
         assert_eq!(parse_path("/v1/users/bob/sessions/abc/heartbeat"), Some(Path::Heartbeat("bob", "abc")));
+        assert_eq!(
+            parse_path("/v1/users/bob/sessions/abc/licence/widevine"),
+            Some(Path::Licence("bob", "abc", "widevine"))
+        );
         for bad in [
             "/",
             "/v1/users/bob",
@@ -435,6 +476,9 @@ mod tests {
             "/v1/openapi.yaml/",
             "/v1/openapi.json",
             "/openapi.yaml",
+            "/v1/users/bob/sessions/a/licence",
+            "/v1/users/bob/sessions/a/licence/widevine/x",
+            "/v1/users/bob/sessions/a/other/widevine",
         ] {
             assert_eq!(parse_path(bad), None, "{bad}");
         }

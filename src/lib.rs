@@ -17,6 +17,8 @@
 //! - [`limiter`]: the core service: credentials in, store operations, answers out.
 //! - [`metrics`]: counters and their Prometheus rendering.
 //! - [`http`]: the HTTP adapter: routes, bodies, CORS, the one error-to-status map.
+//! - [`licence`]: the licence gate's route: a heartbeat, then the challenge forwarded.
+//! - [`upstream`]: licence servers per tenant and DRM system, and the pooled client to them.
 //! - [`server`]: listeners, the connection cap, shutdown.
 //! - [`conn`]: per-connection idle and head timeouts, repeated `Content-Length`.
 //! - [`config`]: file, environment and flags, validated; dev mode.
@@ -32,6 +34,7 @@ pub mod conn;
 pub mod grant;
 pub mod http;
 pub mod keys;
+pub mod licence;
 pub mod limiter;
 pub mod metrics;
 pub mod policy;
@@ -40,4 +43,5 @@ pub mod session;
 pub mod store;
 pub mod sweeper;
 pub mod token;
+pub mod upstream;
 pub mod wire;

@@ -66,6 +66,8 @@ pub enum Error {
         by: Option<Box<SessionView>>,
     },
     OverCapacity,
+    /// The session's tenant has no licence upstream for the DRM system asked for.
+    NoLicenceUpstream,
 }
 
 impl From<InvalidGrant> for Error {
@@ -243,12 +245,28 @@ impl Limiter {
 
     /// docs/spec.md §4 heartbeat and §6 healing and re-validation.
     pub fn heartbeat(&self, user: &str, id: SessionId, token: &str, now: u64) -> Result<Issued, Error> {
+        self.heartbeat_then(user, id, token, now, |_| Ok(())).map(|(renewed, ())| renewed)
+    }
+
+    /// A heartbeat for a route that does more than renew (the licence gate,
+    /// docs/spec.md §10): `admit` sees the verified token's claims first and
+    /// may refuse, before anything is healed, renewed or counted; what it
+    /// returns comes back with the renewal.
+    pub fn heartbeat_then<T>(
+        &self,
+        user: &str,
+        id: SessionId,
+        token: &str,
+        now: u64,
+        admit: impl FnOnce(&LeaseClaims<'_>) -> Result<T, Error>,
+    ) -> Result<(Issued, T), Error> {
         let settings = self.settings.load();
         let s = &**settings;
         let lease = self.lease_for(s, user, id, token, now).inspect_err(|_| {
             self.metrics.heartbeat_invalid();
         })?;
         let c = lease.claims();
+        let admitted = admit(&c)?;
         let renew_to_ms = now + s.ttl_ms(c.poll_secs);
         let rebuild = || Session {
             id,
@@ -269,7 +287,7 @@ impl Limiter {
         match outcome {
             BeatOutcome::Renewed { .. } => {
                 let token = lease.renew(renew_to_ms, &s.server_keys);
-                Ok(Issued { session_id: id, token, poll_after: c.poll_secs, expires_ms: renew_to_ms })
+                Ok((Issued { session_id: id, token, poll_after: c.poll_secs, expires_ms: renew_to_ms }, admitted))
             }
             BeatOutcome::Lost { .. } => Err(Error::SessionStopped { reason: StopReason::LimitExceeded, by: None }),
             BeatOutcome::Full => Err(Error::OverCapacity),

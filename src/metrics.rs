@@ -5,6 +5,7 @@
 //! thread writes, and a scrape sums the copies.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -12,9 +13,10 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::licence::{LicenceMetrics, Outcome};
 use crate::policy::{Admitted, BeatOutcome, SignedOut, StopOutcome};
 use crate::store::Swept;
-use crate::wire::StopReason;
+use crate::wire::{DrmSystem, StopReason};
 
 /// Why a start was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,10 +59,12 @@ pub enum Route {
     OpenApi,
     Preflight,
     Other,
+    /// Every method on the licence route (docs/spec.md §10), preflights included.
+    Licence,
 }
 
 impl Route {
-    const ALL: [Route; 8] = [
+    const ALL: [Route; 9] = [
         Route::Start,
         Route::Heartbeat,
         Route::Stop,
@@ -69,6 +73,7 @@ impl Route {
         Route::OpenApi,
         Route::Preflight,
         Route::Other,
+        Route::Licence,
     ];
 
     fn as_str(self) -> &'static str {
@@ -81,15 +86,17 @@ impl Route {
             Route::OpenApi => "openapi",
             Route::Preflight => "preflight",
             Route::Other => "other",
+            Route::Licence => "licence",
         }
     }
 }
 
 /// Statuses the API answers with; anything else is counted as "other".
-const STATUSES: [u16; 17] = [200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 411, 413, 431, 500, 503, 0];
+const STATUSES: [u16; 19] =
+    [200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 411, 413, 431, 500, 502, 503, 504, 0];
 const STATUS_TEXT: [&str; STATUSES.len()] = [
-    "200", "201", "204", "304", "400", "401", "403", "404", "405", "409", "410", "411", "413", "431", "500", "503",
-    "other",
+    "200", "201", "204", "304", "400", "401", "403", "404", "405", "409", "410", "411", "413", "431", "500", "502",
+    "503", "504", "other",
 ];
 
 /// Copies of the per-request counters; more than the worker threads a
@@ -142,6 +149,8 @@ pub struct Metrics {
     live_sessions: AtomicU64,
     users: AtomicU64,
     records: AtomicU64,
+    /// The licence gate's outcomes and upstream latency.
+    licence: LicenceMetrics,
 }
 
 /// Adds `n` to a counter. Like every counter here that is usually bumped
@@ -259,6 +268,16 @@ impl Metrics {
     pub fn bounds(&self, max_sessions: u64, max_connections: usize) {
         self.max_sessions.store(max_sessions, Relaxed);
         self.max_connections.store(max_connections as u64, Relaxed);
+    }
+
+    /// A licence request's outcome (docs/spec.md §10).
+    pub fn licence_request(&self, system: DrmSystem, outcome: Outcome) {
+        self.licence.outcome(system, outcome);
+    }
+
+    /// How long one exchange with a licence upstream took, failed ones included.
+    pub fn licence_upstream(&self, system: DrmSystem, took: Duration) {
+        self.licence.observe(system, took);
     }
 
     /// Heartbeats that rebuilt a session so far.
@@ -436,6 +455,7 @@ impl Collector for Metrics {
                 .into_iter()
                 .map(|(result, v)| (vec![("result", result)], v)),
         )?;
+        self.licence.encode(&mut e)?;
         gauge(&mut e, "process_resident_memory_bytes", "Resident set size of this process.", resident_bytes() as i64)?;
         Ok(())
     }

@@ -15,6 +15,11 @@ pub const MAX_HEADERS: usize = 64;
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Largest request body; more gets `413`.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Largest request body on the licence route (docs/spec.md §10): licence
+/// challenges are a few KiB; more gets `413`.
+pub const MAX_LICENCE_BODY_BYTES: usize = 64 * 1024;
+/// Most bytes of a licence server's answer read; more gets `502`.
+pub const MAX_LICENCE_ANSWER_BYTES: usize = 1024 * 1024;
 /// Longest lease token the server mints (docs/spec.md §3).
 pub const MAX_TOKEN_LEN: usize = 512;
 /// Longest grant accepted; far above any valid grant, it bounds the work an
@@ -44,6 +49,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SWEEP_MILLIS: u64 = 1_000;
+pub const DEFAULT_LICENCE_CONNECT_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_LICENCE_TIMEOUT_MS: u64 = 8_000;
 
 // ---- field rules (docs/spec.md §2) -----------------------------------------------------
 
@@ -114,6 +121,42 @@ impl FromStr for Policy {
         }
     }
 }
+
+/// A DRM system the licence gate forwards for: the last segment of the
+/// licence route and the name of a tenant's `licence` table (docs/spec.md §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DrmSystem {
+    Widevine,
+    PlayReady,
+    FairPlay,
+    ClearKey,
+}
+
+impl DrmSystem {
+    pub const ALL: [DrmSystem; 4] =
+        [DrmSystem::Widevine, DrmSystem::PlayReady, DrmSystem::FairPlay, DrmSystem::ClearKey];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrmSystem::Widevine => "widevine",
+            DrmSystem::PlayReady => "playready",
+            DrmSystem::FairPlay => "fairplay",
+            DrmSystem::ClearKey => "clearkey",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DrmSystem> {
+        DrmSystem::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// Response headers of the licence route: the renewed lease, as a heartbeat
+/// answer carries it in its body (`token`, `expires_at`, `poll_after`).
+pub const HEADER_TOKEN: &str = "streamcap-token";
+pub const HEADER_EXPIRES_AT: &str = "streamcap-expires-at";
+pub const HEADER_POLL_AFTER: &str = "streamcap-poll-after";
+/// `Access-Control-Expose-Headers` on the licence route, so a web player can read them.
+pub const EXPOSED_LICENCE_HEADERS: &str = "Streamcap-Token, Streamcap-Expires-At, Streamcap-Poll-After";
 
 /// Why a session stopped; the `reason` of a `410`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

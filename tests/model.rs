@@ -666,6 +666,7 @@ fn status(e: &Error) -> u16 {
         Error::LimitReached { .. } => 409,
         Error::SessionStopped { .. } => 410,
         Error::OverCapacity => 503,
+        Error::NoLicenceUpstream => 404,
     }
 }
 
