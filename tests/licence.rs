@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 // ---- a licence server that records what reached it ----------------------------------
 
@@ -74,6 +74,28 @@ struct Upstream {
 
 impl Upstream {
     fn start(mode: Mode) -> Upstream {
+        Upstream::start_with(mode, None)
+    }
+
+    /// An HTTPS upstream with the certificate in tests/data/licence-tls.
+    fn start_tls(mode: Mode) -> Upstream {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/licence-tls");
+        let certs =
+            CertificateDer::pem_file_iter(format!("{dir}/server.pem")).unwrap().collect::<Result<_, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_file(format!("{dir}/server.key")).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Upstream::start_with(mode, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+
+    fn start_with(mode: Mode, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -84,7 +106,15 @@ impl Upstream {
         runtime.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 c.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(serve(stream, m.clone(), r.clone()));
+                let (m, r) = (m.clone(), r.clone());
+                match tls.clone() {
+                    None => drop(tokio::spawn(serve(stream, m, r))),
+                    Some(tls) => drop(tokio::spawn(async move {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            serve(stream, m, r).await;
+                        }
+                    })),
+                }
             }
         });
         Upstream { addr, mode, received, connections, _runtime: runtime }
@@ -103,7 +133,11 @@ impl Upstream {
     }
 }
 
-async fn serve(mut s: TcpStream, mode: Arc<Mutex<Mode>>, received: Arc<Mutex<Vec<Received>>>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    mode: Arc<Mutex<Mode>>,
+    received: Arc<Mutex<Vec<Received>>>,
+) {
     let mut buf = Vec::new();
     loop {
         let head_end = loop {
@@ -584,6 +618,34 @@ fn many_waiting_licence_requests_hold_no_worker() {
     for w in waiting {
         assert_eq!(w.join().unwrap(), 504);
     }
+}
+
+#[test]
+fn https_upstreams_are_verified_against_the_configured_ca() {
+    let up = Upstream::start_tls(Mode::Licence);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/licence-tls");
+    let url = format!("https://localhost:{}/clearkey", up.addr.port());
+    let table = |system: &str, ca: &str| format!("[tenants.licence.{system}]\nupstream = \"{url}\"\n{ca}\n");
+    let tables = [
+        table("clearkey", &format!("ca_file = \"{dir}/ca.pem\"")),
+        table("widevine", &format!("ca_file = \"{dir}/other-ca.pem\"")),
+        table("playready", ""),
+    ]
+    .concat();
+    let g = gate_with("", &tables);
+    let api = g.server.api;
+    let mut s = start(&api, &unique("tls"));
+    let r = licence(&api, &s, "clearkey", &[], b"over tls");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, LICENCE);
+    assert_renewed(&api, &mut s, &r);
+    assert_eq!(up.received().len(), 1);
+    assert_eq!(up.received()[0].body, b"over tls");
+    // Another CA, and the system's roots: the certificate is not trusted.
+    for system in ["widevine", "playready"] {
+        assert_error(&licence(&api, &s, system, &[], b"x"), 502, "upstream_unavailable");
+    }
+    assert_eq!(up.received().len(), 1, "nothing was sent over an untrusted connection");
 }
 
 // ---- the real binary: reload and logs -------------------------------------------------------------
