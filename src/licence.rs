@@ -93,8 +93,7 @@ async fn gate(api: &Api, edge: &Edge, parts: &Parts, user: &str, id: &str, syste
             relay(answer)
         }
         Err(e) => {
-            // The kind only: an error's text could name the upstream's address.
-            tracing::warn!(system = system.as_str(), error = ?e, "licence upstream failed");
+            log_failure(system, e);
             count(
                 api,
                 Some(system),
@@ -108,6 +107,18 @@ async fn gate(api: &Api, edge: &Edge, parts: &Parts, user: &str, id: &str, syste
     };
     lease_headers(&mut reply, &renewed);
     reply
+}
+
+/// Logs an upstream failure, at most once a second per DRM system (a dead
+/// licence server under load would otherwise write a line per request; the
+/// metrics count every one). The kind only: a client error's text could
+/// name the upstream's address.
+fn log_failure(system: DrmSystem, e: UpstreamError) {
+    static LAST: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+    let second = now_ms() / 1000;
+    if LAST[system as usize].swap(second, Relaxed) != second {
+        tracing::warn!(system = system.as_str(), error = ?e, "licence upstream failed (logged at most once a second)");
+    }
 }
 
 /// The licence server's answer as the player gets it: status, end-to-end
