@@ -1,5 +1,5 @@
 //! `streamcap-driver`: the measurement tool for streamcap's benchmark
-//! (`loadtest/bench.sh`). Four subcommands:
+//! (`loadtest/bench.sh`). Five subcommands:
 //!
 //! - `preload`: create sessions as fast as the server allows (pipelined),
 //!   writing heartbeat targets and fresh users' grants for later runs;
@@ -9,11 +9,13 @@
 //!   of every 1-second window as the session map grows, optionally beside a
 //!   control stream on the operator `/healthz` (which never touches the map);
 //! - `jitter`: how late the machine wakes a sleeping thread (a floor under
-//!   any latency measured on it).
+//!   any latency measured on it);
+//! - `upstream`: a licence server that answers at once, for the licence
+//!   gate's benchmark (`loadtest/licence-bench.sh`).
 //!
 //! Layout: [`http`] (client-side HTTP/1.1), [`targets`] (TAB-separated target
 //! files), [`preload`], [`rate`], [`jitter`], [`steal`] (the machine's steal
-//! time, beside every `rate` window); `grow` is `preload` and `rate` run
+//! time, beside every `rate` window), [`upstream`]; `grow` is `preload` and `rate` run
 //! side by side, here.
 #![forbid(unsafe_code)]
 
@@ -23,6 +25,7 @@ mod preload;
 mod rate;
 mod steal;
 mod targets;
+mod upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,6 +55,21 @@ enum Command {
     Grow(GrowArgs),
     /// How late short sleeps wake up on this machine (run it idle, or beside a load).
     Jitter(JitterArgs),
+    /// A licence server that answers every request at once (licence gate benchmark).
+    Upstream(UpstreamArgs),
+}
+
+#[derive(Args, Clone)]
+struct UpstreamArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Bytes of every answer's body (a licence is some hundreds of bytes to a few KiB).
+    #[arg(long, default_value_t = 1024)]
+    answer_bytes: usize,
+    /// Stop after this many seconds (default: run until killed).
+    #[arg(long)]
+    secs: Option<f64>,
 }
 
 #[derive(Args, Clone)]
@@ -251,6 +269,10 @@ fn main() {
         Command::Rate(a) => rate(&a),
         Command::Grow(a) => grow(&a),
         Command::Jitter(a) => jitter(&a),
+        Command::Upstream(a) => match a.secs.map(|s| secs(s, "--secs")).transpose() {
+            Ok(d) => upstream::run(&a.listen, a.answer_bytes, d),
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = result {
         eprintln!("streamcap-driver: {e}");
