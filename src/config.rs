@@ -535,9 +535,10 @@ mod tests {
         let settings = "listen = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\npoll_secs = 7\nmin_poll_secs = 2\n\
                         max_poll_secs = 9\nttl_factor = 4\nmax_sessions = 5\nmax_connections = 6\n\
                         idle_timeout_secs = 8\nheader_timeout_secs = 3\ncors_origins = [\"https://a\", \"https://b\"]\n\
-                        sweep_millis = 11\n";
+                        sweep_millis = 11\nlicence_connect_timeout_ms = 12\nlicence_timeout_ms = 13\n";
+        let table = "[tenants.licence.clearkey]\nupstream = \"http://127.0.0.1:3/ck\"\n";
         let c = Config::build(
-            file(&format!("{settings}{}", full().replace("poll_secs = 20\n", ""))),
+            file(&format!("{settings}{}{table}", full().replace("poll_secs = 20\n", ""))),
             &Overrides::default(),
             None,
             false,
@@ -545,12 +546,41 @@ mod tests {
         .unwrap();
         let want = "listen=127.0.0.1:1 admin_listen=127.0.0.1:2 poll_secs=7 min_poll_secs=2 max_poll_secs=9 \
                     ttl_factor=4 max_sessions=5 max_connections=6 idle_timeout_secs=8 header_timeout_secs=3 \
-                    cors_origins=https://a,https://b sweep_millis=11 server_keys=[\"s1\"] tenants=[\"acme\"]";
+                    cors_origins=https://a,https://b sweep_millis=11 licence_connect_timeout_ms=12 \
+                    licence_timeout_ms=13 server_keys=[\"s1\"] tenants=[\"acme\"] licence=[\"acme/clearkey\"]";
         assert_eq!(c.summary(), want);
         assert_eq!((c.listen.port(), c.admin_listen.port()), (1, 2));
         assert_eq!((c.core.poll.default, c.core.poll.min, c.core.poll.max, c.core.ttl_factor), (7, 2, 9, 4));
         assert_eq!((c.core.max_sessions, c.max_connections), (5, 6));
         assert_eq!((c.idle_timeout.as_secs(), c.header_timeout.as_secs(), c.sweep_interval.as_millis()), (8, 3, 11));
         assert_eq!(c.cors_origins, ["https://a", "https://b"]);
+        assert_eq!((c.licence.connect_timeout.as_millis(), c.licence.timeout.as_millis()), (12, 13));
+    }
+
+    #[test]
+    fn licence_tables_are_validated_without_quoting_their_secrets() {
+        let with = |table: &str| format!("{}{table}", full());
+        let c = Config::build(
+            file(&with(
+                "[tenants.licence.playready]\nupstream = \"https://drm.example/pr?key=s3cret\"\n\
+                        pass_headers = [\"SOAPAction\"]\nheaders = { X-Auth = \"s3cret-{user}\" }\n",
+            )),
+            &Overrides::default(),
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.licence.names(), ["acme/playready"]);
+        assert_eq!(c.licence.timeout.as_millis(), 8000, "the default");
+        let s = format!("{} {:?}", c.summary(), c);
+        assert!(!s.contains("s3cret"), "{s}");
+        let bad = |table: &str| Config::build(file(&with(table)), &Overrides::default(), None, false).unwrap_err();
+        let err = bad("[tenants.licence.widevine]\nupstream = \"ftp://x/?key=s3cret\"\n");
+        assert!(err.contains("acme") && err.contains("widevine") && !err.contains("s3cret"), "{err}");
+        let err = bad("[tenants.licence.widevine]\nupstream = \"http://x/\"\nheaders = { X-A = \"s3cret{x}\" }\n");
+        assert!(err.contains("X-A") && !err.contains("s3cret"), "{err}");
+        assert!(parse_file(&with("[tenants.licence.primetime]\nupstream = \"http://x/\"\n")).is_err());
+        // Dev mode has no licence upstreams.
+        assert!(Config::load(&Overrides::default(), None).unwrap().licence.upstreams.is_empty());
     }
 }
