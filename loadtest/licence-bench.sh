@@ -46,6 +46,7 @@ command -v wrk >/dev/null || die "wrk is not installed (apt-get install wrk)"
 [ -x "$DRIVER" ] || (cd "$ROOT/loadtest/driver" && cargo build --release)
 
 WORKDIR=${WORKDIR:-$(mktemp -d)}
+mkdir -p "$WORKDIR"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
