@@ -287,33 +287,38 @@ impl LicenceMetrics {
         h.sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
     }
 
-    /// Series with a count only, as for the request counters.
+    /// Series with a count only, as for the request counters; a family with
+    /// none is left out whole (a descriptor without samples is not valid
+    /// OpenMetrics).
     pub fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
-        let mut family = e.encode_descriptor(
-            "streamcap_licence_requests",
-            "Licence requests, by DRM system and outcome.",
-            None,
-            MetricType::Counter,
-        )?;
-        for system in DrmSystem::ALL {
-            for (i, outcome) in OUTCOMES.iter().enumerate() {
-                let v = self.outcomes[system as usize][i].load(Relaxed);
-                if v > 0 {
-                    let labels = [("system", system.as_str()), ("outcome", *outcome)];
-                    ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+        let counted = |s: DrmSystem, i: usize| self.outcomes[s as usize][i].load(Relaxed);
+        if DrmSystem::ALL.iter().any(|s| (0..OUTCOMES.len()).any(|i| counted(*s, i) > 0)) {
+            let mut family = e.encode_descriptor(
+                "streamcap_licence_requests",
+                "Licence requests, by DRM system and outcome.",
+                None,
+                MetricType::Counter,
+            )?;
+            for system in DrmSystem::ALL {
+                for (i, outcome) in OUTCOMES.iter().enumerate() {
+                    let v = counted(system, i);
+                    if v > 0 {
+                        let labels = [("system", system.as_str()), ("outcome", *outcome)];
+                        ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+                    }
                 }
             }
         }
-        let mut family = e.encode_descriptor(
-            "streamcap_licence_upstream_seconds",
-            "Time from sending a licence request upstream to its whole answer (or the failure).",
-            None,
-            MetricType::Histogram,
-        )?;
-        for system in DrmSystem::ALL {
-            let h = &self.latency[system as usize];
-            if h.count.load(Relaxed) > 0 {
-                h.encode(family.encode_family(&[("system", system.as_str())])?)?;
+        let observed = |s: DrmSystem| self.latency[s as usize].count.load(Relaxed) > 0;
+        if DrmSystem::ALL.iter().any(|s| observed(*s)) {
+            let mut family = e.encode_descriptor(
+                "streamcap_licence_upstream_seconds",
+                "Time from sending a licence request upstream to its whole answer (or the failure).",
+                None,
+                MetricType::Histogram,
+            )?;
+            for system in DrmSystem::ALL.into_iter().filter(|s| observed(*s)) {
+                self.latency[system as usize].encode(family.encode_family(&[("system", system.as_str())])?)?;
             }
         }
         Ok(())
@@ -357,18 +362,49 @@ mod tests {
         m.licence_request(DrmSystem::ClearKey, Outcome::Refused(StopReason::Kicked));
         m.licence_upstream(DrmSystem::ClearKey, Duration::from_millis(3));
         m.licence_upstream(DrmSystem::ClearKey, Duration::from_secs(30));
-        let text = m.render();
+        for format in [crate::metrics::Format::OpenMetrics, crate::metrics::Format::Classic] {
+            let text = m.render(format);
+            assert_licence_series(&text);
+        }
+    }
+
+    type Sample = (String, Vec<(String, String)>, f64);
+
+    /// A sample line as (name, labels sorted, value), numbers read as numbers:
+    /// the two formats order labels and write bounds differently.
+    fn sample(line: &str) -> Option<Sample> {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+        let mut labels: Vec<(String, String)> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                let v = v.trim_matches('"');
+                let v = v.parse::<f64>().map_or(v.to_owned(), |n| n.to_string());
+                Some((k.to_owned(), v))
+            })
+            .collect();
+        labels.sort();
+        Some((name.to_owned(), labels, value.parse().ok()?))
+    }
+
+    fn assert_licence_series(text: &str) {
+        let samples: Vec<_> = text.lines().filter(|l| !l.starts_with('#')).filter_map(sample).collect();
         for line in [
             r#"streamcap_licence_requests_total{system="clearkey",outcome="forwarded_2xx"} 1"#,
             r#"streamcap_licence_requests_total{system="clearkey",outcome="refused_kicked"} 1"#,
-            r#"streamcap_licence_upstream_seconds_bucket{le="0.005",system="clearkey"} 1"#,
-            r#"streamcap_licence_upstream_seconds_bucket{le="10.0",system="clearkey"} 1"#,
-            r#"streamcap_licence_upstream_seconds_bucket{le="+Inf",system="clearkey"} 2"#,
+            r#"streamcap_licence_upstream_seconds_bucket{system="clearkey",le="0.005"} 1"#,
+            r#"streamcap_licence_upstream_seconds_bucket{system="clearkey",le="10"} 1"#,
+            r#"streamcap_licence_upstream_seconds_bucket{system="clearkey",le="+Inf"} 2"#,
             r#"streamcap_licence_upstream_seconds_count{system="clearkey"} 2"#,
-            "# TYPE streamcap_licence_upstream_seconds histogram",
+            r#"streamcap_licence_upstream_seconds_sum{system="clearkey"} 30.003"#,
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            let want = sample(line).unwrap();
+            assert!(samples.contains(&want), "missing {line:?} in\n{text}");
         }
+        assert!(text.lines().any(|l| l == "# TYPE streamcap_licence_upstream_seconds histogram"), "{text}");
         assert!(!text.contains("widevine"), "{text}");
     }
 }

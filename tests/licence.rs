@@ -386,6 +386,22 @@ fn pass_headers_reach_the_upstream_and_its_status_comes_back() {
         Some(1.0)
     );
     assert_eq!(metric(&text, r#"streamcap_licence_upstream_seconds_count{system="playready"}"#), Some(1.0));
+    // Both formats of /metrics parse with the licence families in them.
+    let scrape = |accept: &str| {
+        let headers = [("Accept", accept)];
+        Client { addr: g.server.admin }.raw(&request_bytes("GET", "/metrics", None, &headers, b"")).unwrap().text()
+    };
+    let om = scrape("application/openmetrics-text");
+    let parsed = openmetrics_parser::openmetrics::parse_openmetrics(&om).unwrap_or_else(|e| panic!("{e:?}\n{om}"));
+    assert_eq!(
+        parsed.families["streamcap_licence_upstream_seconds"].family_type,
+        openmetrics_parser::OpenMetricsType::Histogram
+    );
+    assert!(parsed.families.contains_key("streamcap_licence_requests"));
+    let classic = scrape("text/plain");
+    let parsed =
+        openmetrics_parser::prometheus::parse_prometheus(&classic).unwrap_or_else(|e| panic!("{e:?}\n{classic}"));
+    assert!(parsed.families.contains_key("streamcap_licence_upstream_seconds"), "{classic}");
 }
 
 // ---- refusals ---------------------------------------------------------------------------------
