@@ -506,16 +506,18 @@ impl Model {
         }
         let user = ss[s].user;
         let me = match self.find(ss, user, ss[s].id) {
-            Some(i) => {
-                if let Some((reason, by)) = &self.recs[i].stopped {
-                    return BeatOut::Stopped { reason: *reason, by: by.clone() };
-                }
-                i
+            Some(i) if self.recs[i].stopped.is_some() => {
+                let (reason, by) = self.recs[i].stopped.clone().expect("matched as stopped");
+                return BeatOut::Stopped { reason, by };
             }
-            None if self.signed_out.iter().any(|&(u, at)| u == user && ss[s].started < at) => {
+            Some(i) if self.recs[i].expires > now => i,
+            // Not held here: unknown, or lapsed (the node drops a lapsed
+            // record before it looks the session up).
+            _ if self.signed_out.iter().any(|&(u, at)| u == user && ss[s].started < at) => {
                 count(SIGNED_OUT_UNHELD, 1);
                 return BeatOut::Stopped { reason: StopReason::Kicked, by: By::Grant };
             }
+            Some(i) => i,
             None => {
                 // Unknown here: rebuilt from the token.
                 self.recs.push(Rec { user, sess: s, expires: tok_exp, stopped: None });
@@ -548,15 +550,17 @@ impl Model {
         }
     }
 
-    /// docs/spec.md §4 sign out everywhere: every session of `user` not yet
-    /// stopped is kicked, and one not held is never rebuilt if it started
-    /// before now; returns how many were live.
+    /// docs/spec.md §4 sign out everywhere: every live session of `user` is
+    /// kicked, and one not held (unknown or lapsed) is never rebuilt if it
+    /// started before now; returns how many were live. A lapsed record is
+    /// left as it is: a later kick or `?replace=` naming it is remembered
+    /// with its own reason, as for any session this node does not hold.
     fn sign_out(&mut self, user: usize, now: u64) -> usize {
         self.signed_out.push((user, now));
         let mut live = 0;
         for i in 0..self.recs.len() {
-            if self.recs[i].user == user && self.recs[i].stopped.is_none() {
-                live += usize::from(self.is_live(i, now));
+            if self.recs[i].user == user && self.is_live(i, now) {
+                live += 1;
                 self.stop(i, StopReason::Kicked, By::Grant);
             }
         }
