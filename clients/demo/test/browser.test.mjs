@@ -55,7 +55,6 @@ test('three tabs, limit 2: refused, kick from the third tab, the kicked tab says
   assert.notEqual(new URL(demo.url).origin, new URL(api.baseUrl).origin, 'the page calls the API cross-origin');
 
   const profile = await mkdtemp(path.join(os.tmpdir(), 'streamcap-chromium-'));
-  t.after(() => rm(profile, { recursive: true, force: true }));
   const browser = await puppeteer.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -64,7 +63,11 @@ test('three tabs, limit 2: refused, kick from the third tab, the kicked tab says
     defaultViewport: { width: 1100, height: 720 },
     timeout: 30000,
   });
-  t.after(() => browser.close());
+  // One hook, in this order: Chromium writes to its profile until it exits.
+  t.after(async () => {
+    await browser.close().catch(() => {});
+    await rm(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+  });
 
   const errors = [];
   const user = uniqueUser('tabs');

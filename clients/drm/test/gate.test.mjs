@@ -88,7 +88,7 @@ async function openDevice(t, name, pagesUrl, setup) {
     if (closed) return;
     closed = true;
     await browser.close().catch(() => {});
-    await rm(profile, { recursive: true, force: true });
+    await rm(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   };
   t.after(close);
   const page = await browser.newPage();
