@@ -143,7 +143,14 @@ fn beat_of(i: usize) -> Beat<'static> {
         unreachable!("every benchmarked session exists: a rebuild means one was lost")
     }
     let id = SessionId(i as u64);
-    Beat { id, rebuild: &rebuild, limits: LIMITS, token_expires_ms: NOW + TTL, renew_to_ms: NOW + TTL }
+    Beat {
+        id,
+        rebuild: &rebuild,
+        limits: LIMITS,
+        token_expires_ms: NOW + TTL,
+        renew_to_ms: NOW + TTL,
+        carried: Vec::new(),
+    }
 }
 
 /// Exercises one store through `admit` and `heartbeat` closures.

@@ -108,6 +108,7 @@ fn main() {
                 limits: LIMITS,
                 token_expires_ms: now + PLAYER_TTL_MS,
                 renew_to_ms: now + PLAYER_TTL_MS,
+                carried: Vec::new(),
             };
             assert!(matches!(store.heartbeat(player_keys[i], &b, now), BeatOutcome::Renewed { .. }));
         }

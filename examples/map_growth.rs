@@ -112,6 +112,7 @@ fn main() {
                     limits: LIMITS,
                     token_expires_ms: NOW + TTL,
                     renew_to_ms: NOW + TTL + n % 1000,
+                    carried: Vec::new(),
                 };
                 let at = grown.load(Ordering::Relaxed);
                 let w = (at / step) as usize;

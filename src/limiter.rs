@@ -16,10 +16,10 @@ use crate::grant::{self, Grant, InvalidGrant, PollBounds, Tenants};
 use crate::keys::KeyRing;
 use crate::metrics::{Metrics, Rejection};
 use crate::policy::{Admission, Admitted, Beat, BeatOutcome, Limits, Refusal, Refused, SignedOut, Stop, StopOutcome};
-use crate::session::{By, Info, Session};
+use crate::session::{By, Info, Session, Tombstone};
 use crate::store::{Store, Swept};
 use crate::sweeper::FreedHook;
-use crate::token::{InvalidToken, Lease, LeaseClaims};
+use crate::token::{InvalidToken, Lease, LeaseClaims, StopClaim};
 use crate::wire::{self, SessionId, SessionView, StopReason};
 
 /// New ids a start tries before answering `503`: ids come from a counter,
@@ -213,6 +213,14 @@ impl Limiter {
             match self.store.admit(user_key, &admission, now) {
                 Ok(admitted) => {
                     self.metrics.start_admitted(&admitted);
+                    // The user's stops, this start's included, travel in its token.
+                    let token = match admitted.carry.is_empty() {
+                        true => token,
+                        false => {
+                            let carry: Vec<StopClaim<'_>> = admitted.carry.iter().map(stop_claim).collect();
+                            claims.mint_with(s.server_keys.signing(), &carry).unwrap_or(token)
+                        }
+                    };
                     let lease = Issued { session_id: id, token, poll_after: g.poll_secs, expires_ms };
                     return Ok(Started { lease, limit: g.limit, admitted });
                 }
@@ -280,13 +288,15 @@ impl Limiter {
             limits: Limits { limit: c.limit, policy: c.policy, group: c.group },
             token_expires_ms: c.expires_ms,
             renew_to_ms,
+            carried: lease.stops().map(tombstone_of).collect(),
         };
         let user_key = self.store.user_key(c.tenant, c.user);
         let outcome = self.store.heartbeat(user_key, &beat, now);
         self.metrics.heartbeat(&outcome);
         match outcome {
-            BeatOutcome::Renewed { .. } => {
-                let token = lease.renew(renew_to_ms, &s.server_keys);
+            BeatOutcome::Renewed { carry, .. } => {
+                let carry: Vec<StopClaim<'_>> = carry.iter().map(stop_claim).collect();
+                let token = lease.renew_with(renew_to_ms, &carry, &s.server_keys);
                 Ok((Issued { session_id: id, token, poll_after: c.poll_secs, expires_ms: renew_to_ms }, admitted))
             }
             BeatOutcome::Lost { .. } => Err(Error::SessionStopped { reason: StopReason::LimitExceeded, by: None }),
@@ -310,6 +320,7 @@ impl Limiter {
                 by: Some(kicker(&g, now)),
                 keep_until_ms: 0,
                 unknown_until_ms: now + s.max_token_life_ms(),
+                carried: Vec::new(),
             };
             (self.store.user_key(&g.tenant, &g.sub), stop)
         } else {
@@ -318,7 +329,14 @@ impl Limiter {
             // Newer tokens than the one presented may exist; none was issued
             // after now, so none expires after now + ttl.
             let until = c.expires_ms.max(now + s.ttl_ms(c.poll_secs)) + wire::TOKEN_LEEWAY_MS;
-            let stop = Stop { id, reason: StopReason::Ended, by: None, keep_until_ms: until, unknown_until_ms: until };
+            let stop = Stop {
+                id,
+                reason: StopReason::Ended,
+                by: None,
+                keep_until_ms: until,
+                unknown_until_ms: until,
+                carried: lease.stops().map(tombstone_of).collect(),
+            };
             (self.store.user_key(c.tenant, c.user), stop)
         };
         let outcome = self.store.stop(user_key, &stop, now);
@@ -382,6 +400,38 @@ fn kicker(g: &Grant, now: u64) -> Arc<By> {
     let info =
         Info::new(g.device.as_deref(), g.label.as_deref(), g.content.as_deref(), g.group.as_ref().map(|g| &*g.0));
     Arc::new(By { id: None, started_ms: now, expires_ms: None, info })
+}
+
+/// A stop as a token carries it: times to the second (`until` rounded up,
+/// so it is never remembered for less), `by`'s text as the node holds it
+/// (the token may shorten it, docs/spec.md §3).
+fn stop_claim(t: &Tombstone) -> StopClaim<'_> {
+    let secs = |ms: u64| u32::try_from(wire::unix_secs(ms)).unwrap_or(u32::MAX);
+    let by = t.by.as_deref();
+    let info = by.and_then(|b| b.info.as_deref());
+    let text = |f: fn(&Info) -> &Option<Box<str>>| info.and_then(|i| f(i).as_deref());
+    StopClaim {
+        session: t.id,
+        reason: t.reason,
+        until_secs: u32::try_from(t.until_ms.div_ceil(1000)).unwrap_or(u32::MAX),
+        by_started_secs: by.map_or(0, |b| secs(b.started_ms)),
+        by_session: by.and_then(|b| Some((b.id?, secs(b.expires_ms?)))),
+        by_device: text(|i| &i.device),
+        by_label: text(|i| &i.label),
+        by_content: text(|i| &i.content),
+        by_group: text(|i| &i.group),
+    }
+}
+
+/// The tombstone a carried stop stands for on a node that learns it.
+fn tombstone_of(c: StopClaim<'_>) -> Tombstone {
+    let by = By {
+        id: c.by_session.map(|b| b.0),
+        started_ms: c.by_started_secs as u64 * 1000,
+        expires_ms: c.by_session.map(|b| b.1 as u64 * 1000),
+        info: Info::new(c.by_device, c.by_label, c.by_content, c.by_group),
+    };
+    Tombstone { id: c.session, reason: c.reason, until_ms: c.until_secs as u64 * 1000, by: Some(Arc::new(by)) }
 }
 
 /// Session ids: a process-random seed plus a counter, through a bijective

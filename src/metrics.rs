@@ -186,7 +186,7 @@ impl Metrics {
     /// or refused for the user's record bound.
     pub fn heartbeat(&self, outcome: &BeatOutcome) {
         match outcome {
-            BeatOutcome::Renewed { healed, over_limit, expired } => {
+            BeatOutcome::Renewed { healed, over_limit, expired, .. } => {
                 self.hot[stripe()].heartbeats_ok.fetch_add(1, Relaxed);
                 add(&self.heartbeats_healed, usize::from(*healed));
                 add(&self.sessions_stopped[StopReason::LimitExceeded as usize], over_limit.len());
@@ -496,12 +496,19 @@ mod tests {
         std::thread::scope(|s| {
             for _ in 0..2 * STRIPES + 1 {
                 s.spawn(|| {
-                    let renewed = BeatOutcome::Renewed { healed: false, over_limit: Vec::new(), expired: 0 };
+                    let renewed =
+                        BeatOutcome::Renewed { healed: false, over_limit: Vec::new(), expired: 0, carry: Vec::new() };
                     for _ in 0..1000 {
                         m.heartbeat(&renewed);
                         m.request(Route::Heartbeat, 200);
                     }
-                    m.start_admitted(&Admitted { active: 1, evicted: Vec::new(), replaced: 0, expired: 0 });
+                    m.start_admitted(&Admitted {
+                        active: 1,
+                        evicted: Vec::new(),
+                        replaced: 0,
+                        expired: 0,
+                        carry: Vec::new(),
+                    });
                     m.request(Route::Start, 999);
                 });
             }

@@ -6,11 +6,19 @@
 //! read-modify-write (and run them again if it loses a race) and pass the
 //! outcome up unchanged. Nothing here does I/O, reads a clock or counts
 //! metrics.
+//!
+//! Stops travel with the user (docs/spec.md §6): every outcome that leads
+//! to a new lease token carries the user's recent stops ([`carried_stops`]),
+//! and the stops a presented token carries are recorded first
+//! ([`Beat::carried`], [`Stop::carried`]), so a node that lost them (a
+//! restart, a move) learns them from the user's next session.
 
+use std::cmp::Reverse;
 use std::sync::Arc;
 
 use crate::session::{By, Records, Session, SignOut, Slot, Tombstone};
-use crate::wire::{MAX_RECORDS_PER_USER, Policy, SessionId, StopReason, TOKEN_LEEWAY_MS};
+use crate::token::StopClaim;
+use crate::wire::{MAX_CARRIED_STOPS, MAX_RECORDS_PER_USER, Policy, SessionId, StopReason, TOKEN_LEEWAY_MS};
 
 /// What a rule decided: the records that replace the user's (`None`: they
 /// stay as they are) and the outcome the caller gets, unchanged.
@@ -92,9 +100,58 @@ impl Working {
         units(&self.slots, pick, by_device)
     }
 
+    /// Records the stops a presented token carries: a live session named
+    /// is stopped with the stop's reason and `by`, an unknown one is
+    /// remembered (never rebuilt), a tombstone keeps its first reason.
+    /// Stops already due are ignored, and so are unknown ones at the
+    /// record bound.
+    fn learn(&mut self, carried: &[Tombstone], now: u64) {
+        for t in carried.iter().filter(|t| t.until_ms >= now && StopClaim::carries(t.reason)) {
+            match self.find(t.id) {
+                Some(i) => {
+                    if let Slot::Live(_) = self.slots[i] {
+                        self.stop_at(i, t.reason, t.by.clone(), now);
+                        if let Slot::Tombstone(mine) = &mut self.slots[i] {
+                            mine.until_ms = mine.until_ms.max(t.until_ms);
+                        }
+                    }
+                }
+                None if self.full(1) => {}
+                None => self.slots.push(Slot::Tombstone(t.clone())),
+            }
+        }
+    }
+
     fn into_slots(self) -> Records {
         self.slots.into_boxed_slice()
     }
+}
+
+/// Whether recording `carried` would change `current`: some stop not yet
+/// due names a session that is not a tombstone here.
+fn would_learn(current: &[Slot], carried: &[Tombstone], now: u64) -> bool {
+    carried.iter().any(|t| {
+        t.until_ms >= now
+            && StopClaim::carries(t.reason)
+            && !current.iter().any(|s| matches!(s, Slot::Tombstone(m) if m.id == t.id))
+    })
+}
+
+/// The user's stops its next lease token carries (docs/spec.md §3, §6):
+/// tombstones of kicked, replaced and evicted sessions still remembered at
+/// `now`, most recent first (by when they happened, to the second; then by
+/// id), at most [`MAX_CARRIED_STOPS`]. Allocates only when there are any.
+pub fn carried_stops(slots: &[Slot], now: u64) -> Vec<Tombstone> {
+    let mut stops: Vec<Tombstone> = slots
+        .iter()
+        .filter_map(|s| match s {
+            Slot::Tombstone(t) if StopClaim::carries(t.reason) && !s.is_expired(now) => Some(t.clone()),
+            _ => None,
+        })
+        .collect();
+    stops.sort_by_key(|t| (Reverse(t.stopped_secs()), t.id));
+    stops.truncate(MAX_CARRIED_STOPS);
+    stops
 }
 
 fn live_in(slots: &[Slot]) -> impl Iterator<Item = &Session> {
@@ -168,6 +225,8 @@ pub struct Admitted {
     pub replaced: usize,
     /// Live sessions dropped on the way because their time was up.
     pub expired: usize,
+    /// The user's stops for the new token to carry ([`carried_stops`]).
+    pub carry: Vec<Tombstone>,
 }
 
 /// Why a start was refused; nothing changed.
@@ -242,7 +301,8 @@ fn judge_start(current: &[Slot], a: &Admission<'_>, now: u64) -> Result<(Records
         let limit_binds = all_n + 1 > lim.limit as usize;
         if !group_binds && !limit_binds {
             w.slots.push(Slot::Live(new.clone()));
-            let admitted = Admitted { active: all_n + 1, expired: w.expired, replaced, evicted };
+            let carry = carried_stops(&w.slots, now);
+            let admitted = Admitted { active: all_n + 1, expired: w.expired, replaced, evicted, carry };
             return Ok((w.into_slots(), admitted));
         }
         let group_only = !limit_binds;
@@ -274,15 +334,18 @@ pub struct Beat<'a> {
     /// New expiry if the session keeps playing; also a bound on the expiry
     /// of any token of this session issued so far.
     pub renew_to_ms: u64,
+    /// The stops the presented token carries, recorded first.
+    pub carried: Vec<Tombstone>,
 }
 
 /// A heartbeat's outcome. `healed`: the session was rebuilt from its
 /// token; `over_limit`: other sessions re-validation stopped as
-/// `limit_exceeded`; `expired`: live sessions dropped on the way.
+/// `limit_exceeded`; `expired`: live sessions dropped on the way; `carry`:
+/// the user's stops for the renewed token ([`carried_stops`]).
 #[derive(Debug)]
 pub enum BeatOutcome {
     /// Keep playing.
-    Renewed { healed: bool, over_limit: Vec<SessionId>, expired: usize },
+    Renewed { healed: bool, over_limit: Vec<SessionId>, expired: usize, carry: Vec<Tombstone> },
     /// Re-validation chose the caller: records changed, answer `410`.
     Lost { healed: bool, over_limit: Vec<SessionId>, expired: usize },
     /// The session's record is a tombstone: answer `410` with its reason;
@@ -293,11 +356,15 @@ pub enum BeatOutcome {
 }
 
 /// The common heartbeat, recognised without copying anything: the session
-/// is here and live, nothing of the user's is due at `now`, and both limits
-/// hold. Then [`heartbeat`] would change only this session's expiry, to
+/// is here and live, nothing of the user's is due at `now`, the token
+/// carries no stop this node has not recorded, and both limits hold. Then
+/// [`heartbeat`] would change only this session's expiry, to
 /// `b.renew_to_ms`, which the store does in place ([`Expiry::renew`]).
 /// `None`: the full rule has to run.
 pub fn renewable<'s>(current: &'s [Slot], b: &Beat<'_>, now: u64) -> Option<&'s Session> {
+    if !b.carried.is_empty() && would_learn(current, &b.carried, now) {
+        return None;
+    }
     let mut me = None;
     for slot in current {
         if slot.is_expired(now) {
@@ -318,10 +385,25 @@ pub fn renewable<'s>(current: &'s [Slot], b: &Beat<'_>, now: u64) -> Option<&'s 
 /// docs/spec.md §6: find or rebuild the session, re-validate the user's limits by
 /// the caller's policy, renew.
 pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> Ruling<BeatOutcome> {
+    let learns = would_learn(current, &b.carried, now);
     if let Some(Slot::Tombstone(t)) = current.iter().find(|s| s.id() == Some(b.id)) {
-        return (None, BeatOutcome::AlreadyStopped(t.clone()));
+        let t = t.clone();
+        if !learns {
+            return (None, BeatOutcome::AlreadyStopped(t));
+        }
+        let mut w = Working::new(current, now, 0);
+        w.learn(&b.carried, now);
+        return (Some(w.into_slots()), BeatOutcome::AlreadyStopped(t));
     }
     let mut w = Working::new(current, now, 0);
+    if learns {
+        w.learn(&b.carried, now);
+        // The token of another session named this one as stopped.
+        if let Some(Slot::Tombstone(t)) = w.find(b.id).map(|i| &w.slots[i]) {
+            let t = t.clone();
+            return (Some(w.into_slots()), BeatOutcome::AlreadyStopped(t));
+        }
+    }
     let healed = match w.find(b.id) {
         Some(_) => false,
         None => {
@@ -331,10 +413,10 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> Ruling<BeatOutcome
             if let Some(m) = w.sign_out().filter(|m| rebuilt.started_ms < m.at_ms) {
                 let by = Some(m.by.clone());
                 let t = Tombstone { id: b.id, reason: StopReason::Kicked, until_ms: m.until_ms, by };
-                return (None, BeatOutcome::AlreadyStopped(t));
+                return (learns.then(|| w.into_slots()), BeatOutcome::AlreadyStopped(t));
             }
             if w.full(1) {
-                return (None, BeatOutcome::Full);
+                return (learns.then(|| w.into_slots()), BeatOutcome::Full);
             }
             w.slots.push(Slot::Live(rebuilt));
             true
@@ -369,7 +451,8 @@ pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> Ruling<BeatOutcome
     match me.map(|i| &mut w.slots[i]) {
         Some(Slot::Live(s)) => {
             s.expires_ms.set(b.renew_to_ms);
-            (Some(w.into_slots()), BeatOutcome::Renewed { healed, over_limit, expired })
+            let carry = carried_stops(&w.slots, now);
+            (Some(w.into_slots()), BeatOutcome::Renewed { healed, over_limit, expired, carry })
         }
         Some(Slot::Tombstone(t)) => {
             // Rebuilt from an old token, it may have newer ones: none can
@@ -392,6 +475,9 @@ pub struct Stop {
     pub keep_until_ms: u64,
     /// How long to remember it if this node never saw it.
     pub unknown_until_ms: u64,
+    /// The stops the presented lease token carries, recorded first (none
+    /// for a kick: a grant carries none).
+    pub carried: Vec<Tombstone>,
 }
 
 /// What a stop did; `expired`: live sessions dropped on the way.
@@ -409,11 +495,19 @@ pub enum StopOutcome {
 
 /// docs/spec.md §4 stop: idempotent; frees the slot at once.
 pub fn stop(current: &[Slot], s: &Stop, now: u64) -> Ruling<StopOutcome> {
+    let learns = would_learn(current, &s.carried, now);
     if let Some(Slot::Tombstone(_)) = current.iter().find(|slot| slot.id() == Some(s.id)) {
-        return (None, StopOutcome::AlreadyStopped);
+        if !learns {
+            return (None, StopOutcome::AlreadyStopped);
+        }
+        let mut w = Working::new(current, now, 0);
+        w.learn(&s.carried, now);
+        return (Some(w.into_slots()), StopOutcome::AlreadyStopped);
     }
     let mut w = Working::new(current, now, 1);
+    w.learn(&s.carried, now);
     match w.find(s.id) {
+        Some(i) if matches!(w.slots[i], Slot::Tombstone(_)) => (Some(w.into_slots()), StopOutcome::AlreadyStopped),
         Some(i) => {
             w.stop_at(i, s.reason, s.by.clone(), now);
             if let Slot::Tombstone(t) = &mut w.slots[i] {
@@ -574,7 +668,9 @@ mod tests {
     fn beat(slots: &[Slot], s: Session, l: Limits<'_>, now: u64) -> Ruling<BeatOutcome> {
         let (id, token_expires_ms) = (s.id, s.expires_ms.get());
         let rebuild = move || s.clone();
-        heartbeat(slots, &Beat { id, rebuild: &rebuild, limits: l, token_expires_ms, renew_to_ms: now + TTL }, now)
+        let b =
+            Beat { id, rebuild: &rebuild, limits: l, token_expires_ms, renew_to_ms: now + TTL, carried: Vec::new() };
+        heartbeat(slots, &b, now)
     }
 
     fn live_ids(slots: &[Slot], now: u64) -> Vec<u64> {
@@ -764,6 +860,7 @@ mod tests {
             by: None,
             keep_until_ms: 0,
             unknown_until_ms: T0 + TTL,
+            carried: Vec::new(),
         };
         for id in 0..MAX_RECORDS_PER_USER as u64 {
             let (Some(s), StopOutcome::Remembered { .. }) = stop(&slots, &kick(id), T0) else { panic!("{id}") };
@@ -792,6 +889,7 @@ mod tests {
             by: None,
             keep_until_ms: 0,
             unknown_until_ms: T0 + 500_000,
+            carried: Vec::new(),
         };
         let (Some(slots), StopOutcome::Tombstoned { .. }) = stop(&slots, &stop_req(1), T0 + 2000) else { panic!() };
         assert!(matches!(stop(&slots, &stop_req(1), T0 + 3000), (None, StopOutcome::AlreadyStopped)));
@@ -833,6 +931,7 @@ mod tests {
             by: None,
             keep_until_ms: T0 + 200_000,
             unknown_until_ms: 0,
+            carried: Vec::new(),
         };
         let slots = stop(&slots, &ended, T0 + 5000).0.unwrap();
         let by = kicker(now);
@@ -849,6 +948,7 @@ mod tests {
                 by: Some(by.clone()),
                 keep_until_ms: 0,
                 unknown_until_ms: now + TTL,
+                carried: Vec::new(),
             };
             kicked = stop(&kicked, &kick, now).0.unwrap();
         }
@@ -971,9 +1071,10 @@ mod tests {
                             limits: l,
                             token_expires_ms: now + TTL,
                             renew_to_ms: now + TTL,
+                            carried: Vec::new(),
                         };
                         let only_renewed = match heartbeat(&slots, &b, now) {
-                            (Some(after), BeatOutcome::Renewed { healed: false, over_limit, expired: 0 })
+                            (Some(after), BeatOutcome::Renewed { healed: false, over_limit, expired: 0, .. })
                                 if over_limit.is_empty() =>
                             {
                                 let mut want = slots.clone();
@@ -1038,8 +1139,142 @@ mod tests {
             limits: limits(2, RejectNew),
             token_expires_ms: T0 + TTL,
             renew_to_ms: T0 + TTL,
+            carried: Vec::new(),
         };
         assert!(matches!(heartbeat(&twice, &b, T0 + 1), (None, BeatOutcome::AlreadyStopped(_))));
         assert!(renewable(&twice, &b, T0 + 1).is_none());
+    }
+
+    /// A kick by a grant at `at` ms, remembered until `until`.
+    fn kicked(id: u64, at: u64, until: u64) -> Tombstone {
+        let by = By { id: None, started_ms: at, expires_ms: None, info: Info::new(Some("tv"), Some("TV"), None, None) };
+        Tombstone { id: SessionId(id), reason: StopReason::Kicked, until_ms: until, by: Some(Arc::new(by)) }
+    }
+
+    /// A heartbeat of `s` whose token carries `carried`.
+    fn beat_carrying(
+        slots: &[Slot],
+        s: Session,
+        carried: Vec<Tombstone>,
+        l: Limits<'_>,
+        now: u64,
+    ) -> Ruling<BeatOutcome> {
+        let (id, token_expires_ms) = (s.id, s.expires_ms.get());
+        let rebuild = move || s.clone();
+        let b = Beat { id, rebuild: &rebuild, limits: l, token_expires_ms, renew_to_ms: now + TTL, carried };
+        heartbeat(slots, &b, now)
+    }
+
+    fn carry_of(outcome: &BeatOutcome) -> Vec<u64> {
+        match outcome {
+            BeatOutcome::Renewed { carry, .. } => carry.iter().map(|t| t.id.0).collect(),
+            other => panic!("not renewed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn carried_stops_are_the_most_recent_few_kicks_replaces_and_evictions_until_due() {
+        let l = limits(8, EvictOldest);
+        let mut slots = started(2, l).to_vec();
+        // Stops one second apart, ids out of order; and stops that travel not.
+        for (id, at) in [(20, 3), (21, 1), (22, 5), (23, 2), (24, 4)] {
+            slots.push(Slot::Tombstone(kicked(id, T0 + at * 1000, T0 + 60_000 + at)));
+        }
+        for reason in [StopReason::Ended, StopReason::LimitExceeded] {
+            slots.push(Slot::Tombstone(Tombstone { reason, ..kicked(30 + reason as u64, T0 + 9000, T0 + 60_000) }));
+        }
+        let ids = |slots: &[Slot], now| carried_stops(slots, now).iter().map(|t| t.id.0).collect::<Vec<_>>();
+        assert_eq!(ids(&slots, T0 + 10_000), [22, 24, 20, 23], "most recent first, at most {MAX_CARRIED_STOPS}");
+        // Within one second, by id; the oldest is left out.
+        slots.push(Slot::Tombstone(kicked(19, T0 + 5_999, T0 + 60_000)));
+        assert_eq!(ids(&slots, T0 + 10_000), [19, 22, 24, 20]);
+        // A stop is carried through its last millisecond, then dropped.
+        assert_eq!(ids(&slots, T0 + 60_004), [22, 24]);
+        assert_eq!(ids(&slots, T0 + 60_005), [22]);
+        assert!(ids(&slots, T0 + 60_006).is_empty());
+        // A start and a heartbeat hand out the user's stops, this start's eviction included.
+        let e = limits(2, EvictOldest);
+        let a = start(&started(2, e), session(3, T0 + 7000), e, T0 + 7000).unwrap();
+        assert_eq!(a.carry.iter().map(|t| (t.id.0, t.reason)).collect::<Vec<_>>(), [(1, StopReason::Evicted)]);
+        let (_, outcome) = beat(&a.slots, session(2, T0 + 2000), e, T0 + 8000);
+        assert_eq!(carry_of(&outcome), [1]);
+    }
+
+    /// The scenario after a restart, on one node: A and B (limit
+    /// 2), B kicked, C started; the node forgets; then A's and C's tokens
+    /// carry B's kick.
+    #[test]
+    fn a_kick_survives_a_restart_in_either_order() {
+        let l = limits(2, RejectNew);
+        let (a, b, c) = (session(1, T0), session(2, T0 + 1000), session(3, T0 + 3000));
+        let kick = kicked(2, T0 + 2000, T0 + 2000 + TTL + TOKEN_LEEWAY_MS);
+        let now = T0 + 10_000;
+
+        // The kicker's sessions first: B is remembered, never rebuilt.
+        let (Some(s1), out) = beat_carrying(&[], a.clone(), vec![kick.clone()], l, now) else { panic!() };
+        assert_eq!(carry_of(&out), [2], "the renewed token carries the kick on");
+        let (Some(s2), _) = beat_carrying(&s1, c.clone(), vec![kick.clone()], l, now + 1) else { panic!() };
+        match beat(&s2, b.clone(), l, now + 2) {
+            (None, BeatOutcome::AlreadyStopped(t)) => {
+                assert_eq!(t.reason, StopReason::Kicked);
+                assert_eq!(t.by.as_ref().unwrap().view().label.as_deref(), Some("TV"));
+            }
+            other => panic!("B must get 410 kicked: {other:?}"),
+        }
+        assert_eq!(live_ids(&s2, now + 2), [1, 3]);
+
+        // B first: rebuilt; the first token that names it stops it as kicked, not C.
+        let (Some(s1), _) = beat(&[], b.clone(), l, now) else { panic!() };
+        assert_eq!(live_ids(&s1, now), [2]);
+        let (Some(s2), out) = beat_carrying(&s1, c.clone(), vec![kick.clone()], l, now + 1) else { panic!() };
+        assert_eq!(carry_of(&out), [2]);
+        assert_eq!(live_ids(&s2, now + 1), [3]);
+        let (Some(s3), out) = beat_carrying(&s2, a.clone(), vec![kick.clone()], l, now + 2) else { panic!() };
+        assert!(matches!(out, BeatOutcome::Renewed { ref over_limit, .. } if over_limit.is_empty()));
+        assert_eq!(live_ids(&s3, now + 2), [1, 3]);
+        assert!(
+            matches!(beat(&s3, b, l, now + 3), (None, BeatOutcome::AlreadyStopped(t)) if t.reason == StopReason::Kicked)
+        );
+    }
+
+    #[test]
+    fn a_carried_stop_never_replaces_a_reason_and_is_ignored_once_due() {
+        let l = limits(3, RejectNew);
+        let slots = started(2, l);
+        let rebuild = || session(9, T0);
+        let mut b = Beat {
+            id: SessionId(1),
+            rebuild: &rebuild,
+            limits: l,
+            token_expires_ms: T0 + TTL,
+            renew_to_ms: T0 + 5000 + TTL,
+            carried: vec![kicked(2, T0 + 2500, T0 + 4999)],
+        };
+        // Due: nothing learned, and the heartbeat stays in place.
+        assert!(renewable(&slots, &b, T0 + 5000).is_some());
+        assert!(matches!(heartbeat(&slots, &b, T0 + 5000), (Some(s), _) if live_ids(&s, T0 + 5000) == [1, 2]));
+        // Not due: learned, so not a renewal in place.
+        b.carried[0].until_ms = T0 + 50_000;
+        assert!(renewable(&slots, &b, T0 + 5000).is_none());
+        let (Some(s), _) = heartbeat(&slots, &b, T0 + 5000) else { panic!() };
+        assert_eq!(reason_of(&s, 2), Some(StopReason::Kicked));
+        // Once recorded, the same token renews in place again.
+        assert!(renewable(&s, &b, T0 + 5001).is_some());
+        // A session already stopped keeps its first reason.
+        b.carried = vec![Tombstone { reason: StopReason::Evicted, ..kicked(2, T0 + 2600, T0 + 50_000) }];
+        let (Some(after), out) = heartbeat(&s, &b, T0 + 5002) else { panic!() };
+        assert_eq!(reason_of(&after, 2), Some(StopReason::Kicked));
+        assert!(matches!(out, BeatOutcome::Renewed { .. }));
+        // A stop with its own token teaches too.
+        let own = Stop {
+            id: SessionId(1),
+            reason: StopReason::Ended,
+            by: None,
+            keep_until_ms: 0,
+            unknown_until_ms: T0 + TTL,
+            carried: vec![kicked(7, T0 + 2500, T0 + 50_000)],
+        };
+        let (Some(s), StopOutcome::Tombstoned { .. }) = stop(&slots, &own, T0 + 5000) else { panic!() };
+        assert_eq!((reason_of(&s, 1), reason_of(&s, 7)), (Some(StopReason::Ended), Some(StopReason::Kicked)));
     }
 }

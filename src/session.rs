@@ -115,6 +115,14 @@ pub struct Tombstone {
     pub by: Option<Arc<By>>,
 }
 
+impl Tombstone {
+    /// When the stop happened, to the second: `by`'s start (the kick, or
+    /// the start that evicted or replaced it); 0 without `by`.
+    pub fn stopped_secs(&self) -> u64 {
+        self.by.as_ref().map_or(0, |b| unix_secs(b.started_ms))
+    }
+}
+
 /// A sign-out everywhere: every session of the user that started before
 /// `at_ms` is stopped (kicked by `by`), those this node does not hold
 /// included, so none is rebuilt from its token. Kept until `until_ms`, the

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
 use crate::policy::{self, Admission, Admitted, Beat, BeatOutcome, Refusal, Ruling, SignedOut, Stop, StopOutcome};
-use crate::session::{By, Records, Session, Slot};
+use crate::session::{By, Records, Session, Slot, Tombstone};
 use crate::sweeper::{self, FreedHook};
 use crate::wire::Policy;
 
@@ -213,19 +213,20 @@ impl Store {
     pub fn heartbeat(&self, user: UserKey, b: &Beat<'_>, now: u64) -> BeatOutcome {
         // A rebuilt session takes this expiry too (it is renewed).
         self.note_expiry(b.renew_to_ms);
-        if self.renew_in_place(user, b, now) {
-            return BeatOutcome::Renewed { healed: false, over_limit: Vec::new(), expired: 0 };
+        if let Some(carry) = self.renew_in_place(user, b, now) {
+            return BeatOutcome::Renewed { healed: false, over_limit: Vec::new(), expired: 0, carry };
         }
         self.update(user, |current| policy::heartbeat(current, b, now))
     }
 
-    /// The common heartbeat without a copy: whether it was done.
-    fn renew_in_place(&self, user: UserKey, b: &Beat<'_>, now: u64) -> bool {
+    /// The common heartbeat without a copy: if it was done, the user's
+    /// stops for the renewed token (none, without allocating, for most).
+    fn renew_in_place(&self, user: UserKey, b: &Beat<'_>, now: u64) -> Option<Vec<Tombstone>> {
         let map = self.map.load();
         let map = map.pin();
-        map.get(&user)
-            .and_then(|slots| policy::renewable(slots, b, now))
-            .is_some_and(|me| me.expires_ms.renew(now, b.renew_to_ms))
+        let slots = map.get(&user)?;
+        let me = policy::renewable(slots, b, now)?;
+        me.expires_ms.renew(now, b.renew_to_ms).then(|| policy::carried_stops(slots, now))
     }
 
     /// docs/spec.md §4 stop, as [`policy::stop`] judges it.
@@ -485,6 +486,7 @@ mod tests {
                 by: None,
                 keep_until_ms: 0,
                 unknown_until_ms: 200_000,
+                carried: Vec::new(),
             },
             0,
         );
@@ -541,6 +543,7 @@ mod tests {
             limits: Limits { limit: 8, policy: Policy::RejectNew, group: None },
             token_expires_ms: renew_to_ms,
             renew_to_ms,
+            carried: Vec::new(),
         }
     }
 

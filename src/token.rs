@@ -20,7 +20,7 @@
 //!
 //! | bytes | field |
 //! | --- | --- |
-//! | 1 | policy (bits 0-1), has group/device/label/content (bits 2-5) |
+//! | 1 | policy (bits 0-1), has group/device/label/content (bits 2-5), has stops (bit 6) |
 //! | 8 | session id |
 //! | 8 | start time, Unix ms |
 //! | 8 | token expiry, Unix ms |
@@ -28,12 +28,30 @@
 //! | 2 | group limit (0 without a group) |
 //! | 2 | poll seconds |
 //! | 1+n each | tenant, user, then group, device, label, content when present |
+//! | rest | with bit 6 only: the user's recent stops ([`StopClaim`]) |
+//!
+//! The stops come last and only when there are any, so a user with none
+//! gets the same bytes as before they existed, and its renewal stays the
+//! 16-character rewrite. They use what room the session's own fields leave
+//! (those are never shortened for them): `by`'s display text is shortened
+//! or dropped first, then the oldest stops.
+//!
+//! A stop, after a count byte (1 to [`wire::MAX_CARRIED_STOPS`]):
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 8 | the stopped session's id |
+//! | 1 | reason (bits 0-1: kicked, replaced, evicted); `by` has a session (bit 2), device, label, content, group (bits 3-6) |
+//! | 4 | remembered through, Unix s (rounded up) |
+//! | 4 | `by` started, Unix s |
+//! | 8 + 4 | with bit 2: `by`'s session id and expiry, Unix s |
+//! | 1+n each | `by`'s device, label, content, group when present |
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use crate::keys::{Key, KeyRing, MAX_KID_LEN};
-use crate::wire::{self, Policy, SessionId};
+use crate::wire::{self, MAX_CARRIED_STOPS, Policy, SessionId, StopReason};
 
 const PREFIX: &str = "s1.";
 /// The tag: the keyed hash cut to 16 bytes, 22 characters of base64url.
@@ -53,6 +71,19 @@ const HAS_GROUP: u8 = 1 << 2;
 const HAS_DEVICE: u8 = 1 << 3;
 const HAS_LABEL: u8 = 1 << 4;
 const HAS_CONTENT: u8 = 1 << 5;
+const HAS_STOPS: u8 = 1 << 6;
+
+/// A stop's flags: `by` has a session id and expiry; `by`'s texts.
+const BY_SESSION: u8 = 1 << 2;
+const BY_DEVICE: u8 = 1 << 3;
+const BY_LABEL: u8 = 1 << 4;
+const BY_CONTENT: u8 = 1 << 5;
+const BY_GROUP: u8 = 1 << 6;
+/// A stop without `by`'s session or texts: id, flags, two times.
+const STOP_FIXED_LEN: usize = 17;
+const BY_SESSION_LEN: usize = 12;
+/// Payload bytes a token can hold while leaving room for the longest key id.
+const BUDGET: usize = (wire::MAX_TOKEN_LEN - PREFIX.len() - MAX_KID_LEN - 2 - TAG_B64_LEN) * 3 / 4;
 
 /// Why a token was refused; the text is safe to show the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +106,222 @@ pub struct LeaseClaims<'a> {
     pub poll_secs: u32,
 }
 
+/// A stop a lease token carries: a session of the same user that was
+/// kicked, replaced or evicted and may still hold a valid token, with what
+/// its `410` says. Times are whole Unix seconds, as the API shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopClaim<'a> {
+    pub session: SessionId,
+    /// `Kicked`, `Replaced` or `Evicted`; other reasons are not carried.
+    pub reason: StopReason,
+    /// Remembered through this second: the stopped session's last token
+    /// could be accepted until then.
+    pub until_secs: u32,
+    /// `by`'s `started_at`: the kick, or the start that stopped it.
+    pub by_started_secs: u32,
+    /// `by`'s session id and `expires_at`; `None` for a kick.
+    pub by_session: Option<(SessionId, u32)>,
+    pub by_device: Option<&'a str>,
+    pub by_label: Option<&'a str>,
+    pub by_content: Option<&'a str>,
+    pub by_group: Option<&'a str>,
+}
+
+impl StopClaim<'_> {
+    /// Whether a stop with this reason travels in tokens: `limit_exceeded`
+    /// is derived again by re-validation, and `ended` is the player's own.
+    pub fn carries(reason: StopReason) -> bool {
+        matches!(reason, StopReason::Kicked | StopReason::Replaced | StopReason::Evicted)
+    }
+
+    fn bare_len(&self) -> usize {
+        STOP_FIXED_LEN + if self.by_session.is_some() { BY_SESSION_LEN } else { 0 }
+    }
+
+    fn texts(&self) -> [Option<&str>; 4] {
+        [self.by_device, self.by_label, self.by_content, self.by_group]
+    }
+}
+
+fn reason_code(reason: StopReason) -> u8 {
+    match reason {
+        StopReason::Replaced => 1,
+        StopReason::Evicted => 2,
+        _ => 0,
+    }
+}
+
+fn reason_of(code: u8) -> Option<StopReason> {
+    match code {
+        0 => Some(StopReason::Kicked),
+        1 => Some(StopReason::Replaced),
+        2 => Some(StopReason::Evicted),
+        _ => None,
+    }
+}
+
+/// The stops as a token with `room` payload bytes left writes them: the
+/// first [`MAX_CARRIED_STOPS`] of those carried (the caller orders them,
+/// most recent first), as many as fit without `by`'s text, then that text
+/// while room is left: label, device, group, content, most recent stop
+/// first; label and content are shortened, device and group kept whole or
+/// dropped. Deterministic, so a renewal can tell whether anything changed.
+type Fitted<'s> = [Option<StopClaim<'s>>; MAX_CARRIED_STOPS];
+
+fn fit_stops<'s>(stops: &[StopClaim<'s>], room: usize) -> Fitted<'s> {
+    let mut out: Fitted<'s> = [None; MAX_CARRIED_STOPS];
+    for (slot, s) in out.iter_mut().zip(stops.iter().filter(|s| StopClaim::carries(s.reason))) {
+        *slot = Some(*s);
+    }
+    let mut n = out.iter().flatten().count();
+    let bare = |out: &Fitted<'s>, n: usize| 1 + out[..n].iter().flatten().map(StopClaim::bare_len).sum::<usize>();
+    while n > 0 && bare(&out, n) > room {
+        n -= 1;
+        out[n] = None;
+    }
+    if n == 0 {
+        return out;
+    }
+    let mut left = room - bare(&out, n);
+    for s in out.iter_mut().flatten() {
+        let full = *s;
+        s.by_label = take_text(full.by_label, &mut left, true);
+        s.by_device = take_text(full.by_device, &mut left, false);
+        s.by_group = take_text(full.by_group, &mut left, false);
+        s.by_content = take_text(full.by_content, &mut left, true);
+    }
+    out
+}
+
+/// `text` as it fits in `left` bytes (one for its length), cut on a
+/// character boundary if `may_cut`, else whole or not at all.
+fn take_text<'s>(text: Option<&'s str>, left: &mut usize, may_cut: bool) -> Option<&'s str> {
+    let text = text.filter(|t| !t.is_empty())?;
+    let room = left.saturating_sub(1).min(u8::MAX as usize);
+    let text = match text.len() <= room {
+        true => text,
+        false if may_cut => truncate(text, room),
+        false => return None,
+    };
+    if text.is_empty() {
+        return None;
+    }
+    *left -= 1 + text.len();
+    Some(text)
+}
+
+fn write_stops(w: &mut Writer<'_>, stops: &Fitted<'_>) {
+    let n = stops.iter().flatten().count();
+    if n == 0 {
+        return;
+    }
+    w.put(&[n as u8]);
+    for s in stops.iter().flatten() {
+        let mut flags = reason_code(s.reason);
+        for (bit, present) in [
+            (BY_SESSION, s.by_session.is_some()),
+            (BY_DEVICE, s.by_device.is_some()),
+            (BY_LABEL, s.by_label.is_some()),
+            (BY_CONTENT, s.by_content.is_some()),
+            (BY_GROUP, s.by_group.is_some()),
+        ] {
+            flags |= if present { bit } else { 0 };
+        }
+        w.put(&s.session.0.to_le_bytes());
+        w.put(&[flags]);
+        w.put(&s.until_secs.to_le_bytes());
+        w.put(&s.by_started_secs.to_le_bytes());
+        if let Some((id, expires)) = s.by_session {
+            w.put(&id.0.to_le_bytes());
+            w.put(&expires.to_le_bytes());
+        }
+        for text in s.texts().into_iter().flatten() {
+            w.put(&[text.len() as u8]);
+            w.put(text.as_bytes());
+        }
+    }
+}
+
+/// Where the stop at `at` ends, if it is well formed and within `b`.
+fn stop_end(b: &[u8], at: usize) -> Option<usize> {
+    let flags = *b.get(at + 8)?;
+    reason_of(flags & 0b11)?;
+    if flags >> 7 != 0 {
+        return None;
+    }
+    let mut end = at + STOP_FIXED_LEN + if flags & BY_SESSION != 0 { BY_SESSION_LEN } else { 0 };
+    for bit in [BY_DEVICE, BY_LABEL, BY_CONTENT, BY_GROUP] {
+        if flags & bit != 0 {
+            end += 1 + *b.get(end)? as usize;
+        }
+    }
+    b.get(..end)?;
+    Some(end)
+}
+
+/// The stops of a verified token, decoded as they are read.
+#[derive(Clone)]
+pub struct Stops<'l> {
+    buf: &'l [u8],
+    at: usize,
+    left: usize,
+}
+
+impl<'l> Iterator for Stops<'l> {
+    type Item = StopClaim<'l>;
+
+    fn next(&mut self) -> Option<StopClaim<'l>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // The layout was checked by `Lease::verify`.
+        let b = self.buf;
+        let at = self.at;
+        let end = stop_end(b, at)?;
+        self.at = end;
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or_default());
+        let flags = b[at + 8];
+        let mut next = at + STOP_FIXED_LEN;
+        let by_session = (flags & BY_SESSION != 0).then(|| {
+            next += BY_SESSION_LEN;
+            (SessionId(u64_at(at + STOP_FIXED_LEN)), u32_at(at + STOP_FIXED_LEN + 8))
+        });
+        let mut text = |bit: u8| {
+            (flags & bit != 0).then(|| {
+                let n = b[next] as usize;
+                next += 1 + n;
+                std::str::from_utf8(&b[next - n..next]).unwrap_or_default()
+            })
+        };
+        Some(StopClaim {
+            session: SessionId(u64_at(at)),
+            reason: reason_of(flags & 0b11).unwrap_or(StopReason::Kicked),
+            until_secs: u32_at(at + 9),
+            by_started_secs: u32_at(at + 13),
+            by_session,
+            by_device: text(BY_DEVICE),
+            by_label: text(BY_LABEL),
+            by_content: text(BY_CONTENT),
+            by_group: text(BY_GROUP),
+        })
+    }
+}
+
 impl<'a> LeaseClaims<'a> {
     /// Signs these claims with `key`. Display-only fields (`content`, then
     /// `label`) are shortened in the token when needed to keep it within
     /// 512 bytes; `None` if the identifying fields alone do not fit. An
     /// empty string is written as absent (which is how it reads back).
     pub fn mint(&self, key: &Key) -> Option<String> {
+        self.mint_with(key, &[])
+    }
+
+    /// Signs these claims and the user's recent `stops` (most recent
+    /// first; see [`StopClaim`]), as many as the room the claims leave
+    /// holds. Without stops, the same token as [`LeaseClaims::mint`].
+    pub fn mint_with(&self, key: &Key, stops: &[StopClaim<'_>]) -> Option<String> {
         // Each string's length is one byte and the limits two: refuse what
         // the layout cannot carry rather than sign something else.
         let strs = [Some(self.tenant), Some(self.user), self.group.map(|g| g.0), self.device, self.label, self.content];
@@ -100,8 +341,7 @@ impl<'a> LeaseClaims<'a> {
             content: nonempty(self.content),
             ..*self
         };
-        let budget = (wire::MAX_TOKEN_LEN - PREFIX.len() - MAX_KID_LEN - 2 - TAG_B64_LEN) * 3 / 4;
-        let over = claims.payload_len().saturating_sub(budget);
+        let over = claims.payload_len().saturating_sub(BUDGET);
         if over > 0 {
             let content = claims.content.unwrap_or("");
             let cut = over.min(content.len());
@@ -109,12 +349,13 @@ impl<'a> LeaseClaims<'a> {
             let label = claims.label.unwrap_or("");
             let cut = (over - cut).min(label.len());
             claims.label = Some(truncate(label, label.len() - cut)).filter(|s| !s.is_empty());
-            if claims.payload_len() > budget {
+            if claims.payload_len() > BUDGET {
                 return None;
             }
         }
+        let stops = fit_stops(stops, BUDGET - claims.payload_len());
         let mut buf = [0u8; MAX_PAYLOAD];
-        let len = claims.write_payload(&mut buf);
+        let len = claims.write_payload(&mut buf, &stops);
         Some(sign(key, |t| B64.encode_string(&buf[..len], t)))
     }
 
@@ -123,8 +364,9 @@ impl<'a> LeaseClaims<'a> {
         FIXED_LEN + strs.iter().flatten().map(|s| 1 + s.len()).sum::<usize>()
     }
 
-    fn write_payload(&self, buf: &mut [u8; MAX_PAYLOAD]) -> usize {
+    fn write_payload(&self, buf: &mut [u8; MAX_PAYLOAD], stops: &Fitted<'_>) -> usize {
         let mut flags = self.policy.to_u8();
+        flags |= if stops.iter().any(Option::is_some) { HAS_STOPS } else { 0 };
         flags |= if self.group.is_some() { HAS_GROUP } else { 0 };
         flags |= if self.device.is_some() { HAS_DEVICE } else { 0 };
         flags |= if self.label.is_some() { HAS_LABEL } else { 0 };
@@ -144,6 +386,7 @@ impl<'a> LeaseClaims<'a> {
             w.put(&[s.len() as u8]);
             w.put(s.as_bytes());
         }
+        write_stops(&mut w, stops);
         w.at
     }
 }
@@ -211,6 +454,9 @@ pub struct Lease<'t> {
     kid: &'t str,
     /// `(start, len)` of tenant, user, group, device, label, content; len 0 = absent.
     strs: [(u16, u8); 6],
+    /// Where the stops begin (the payload's length when there are none), and how many.
+    stops_at: u16,
+    stops: u8,
 }
 
 impl std::fmt::Debug for Lease<'_> {
@@ -244,7 +490,8 @@ impl<'t> Lease<'t> {
         if !genuine {
             return Err(InvalidToken("token signature does not match"));
         }
-        let mut lease = Lease { buf: [0; MAX_PAYLOAD], len: 0, text: payload_b64, kid, strs: [(0, 0); 6] };
+        let mut lease =
+            Lease { buf: [0; MAX_PAYLOAD], len: 0, text: payload_b64, kid, strs: [(0, 0); 6], stops_at: 0, stops: 0 };
         lease.len = B64.decode_slice(payload_b64, &mut lease.buf).map_err(|_| MALFORMED)?;
         lease.index().ok_or(MALFORMED)?;
         if now_ms > lease.expires_ms().saturating_add(wire::TOKEN_LEEWAY_MS) {
@@ -256,7 +503,7 @@ impl<'t> Lease<'t> {
     /// Locates the strings and checks the layout; `None` if it is not ours.
     fn index(&mut self) -> Option<()> {
         let b = &self.buf[..self.len];
-        if b.len() < FIXED_LEN || Policy::from_u8(b[0] & 0b11).is_none() || b[0] >> 6 != 0 {
+        if b.len() < FIXED_LEN || Policy::from_u8(b[0] & 0b11).is_none() || b[0] >> 7 != 0 {
             return None;
         }
         let present =
@@ -271,7 +518,29 @@ impl<'t> Lease<'t> {
             *slot = ((at + 1) as u16, n as u8);
             at += 1 + n;
         }
+        self.stops_at = at as u16;
+        if b[0] & HAS_STOPS != 0 {
+            let n = *b.get(at)?;
+            if n == 0 || n as usize > MAX_CARRIED_STOPS {
+                return None;
+            }
+            at += 1;
+            for _ in 0..n {
+                at = stop_end(b, at)?;
+            }
+            self.stops = n;
+        }
         (at == b.len() && self.strs[0].1 > 0 && self.strs[1].1 > 0).then_some(())
+    }
+
+    /// The user's recent stops this token carries, most recent first.
+    pub fn stops(&self) -> Stops<'_> {
+        let at = self.stops_at as usize + usize::from(self.stops > 0);
+        Stops { buf: &self.buf[..self.len], at, left: self.stops as usize }
+    }
+
+    pub fn has_stops(&self) -> bool {
+        self.stops > 0
     }
 
     fn u64_at(&self, at: usize) -> u64 {
@@ -341,11 +610,34 @@ impl<'t> Lease<'t> {
         if fits(signing) {
             return self.resign(expires_ms, signing);
         }
-        if let Some(token) = (LeaseClaims { expires_ms, ..self.claims() }).mint(signing) {
+        let stops: Vec<StopClaim<'_>> = self.stops().collect();
+        if let Some(token) = (LeaseClaims { expires_ms, ..self.claims() }).mint_with(signing, &stops) {
             return token;
         }
         let own = keys.find(self.kid).unwrap_or(signing);
         self.resign(expires_ms, own)
+    }
+
+    /// The same lease with a new expiry, carrying `stops` (the user's
+    /// recent stops, most recent first) instead of its own. When they are
+    /// what the token already carries (always, for a user with none), this
+    /// is [`Lease::renew`]; otherwise the claims are minted afresh with them.
+    pub fn renew_with(&self, expires_ms: u64, stops: &[StopClaim<'_>], keys: &KeyRing) -> String {
+        if stops.is_empty() && self.stops == 0 {
+            return self.renew(expires_ms, keys);
+        }
+        let base = self.stops_at as usize;
+        let fitted = fit_stops(stops, BUDGET.saturating_sub(base));
+        let mut section = [0u8; MAX_PAYLOAD];
+        let mut w = Writer { buf: &mut section, at: 0 };
+        write_stops(&mut w, &fitted);
+        let n = w.at;
+        if section[..n] == self.buf[base..self.len] {
+            return self.renew(expires_ms, keys);
+        }
+        (LeaseClaims { expires_ms, ..self.claims() })
+            .mint_with(keys.signing(), stops)
+            .unwrap_or_else(|| self.renew(expires_ms, keys))
     }
 
     /// The same payload text with the expiry's 16 characters re-encoded.
@@ -450,7 +742,7 @@ mod tests {
         for (tenant, label, signer) in [("acme", Some(&*label), "kkkk"), (&*tenant, None, "a.")] {
             let c = LeaseClaims { tenant, user: &user, device: Some(&device), label, content: None, ..claims() };
             let mut buf = [0u8; MAX_PAYLOAD];
-            let len = c.write_payload(&mut buf);
+            let len = c.write_payload(&mut buf, &[None; MAX_CARRIED_STOPS]);
             assert!(room_long < len && len <= room_short, "{len}");
             let token = sign(&short, |t| B64.encode_string(&buf[..len], t));
             let lease = Lease::verify(&token, &both, 0).unwrap();
@@ -476,7 +768,7 @@ mod tests {
 
     fn legacy_token(c: &LeaseClaims, key: &Key) -> String {
         let mut buf = [0u8; MAX_PAYLOAD];
-        let len = c.write_payload(&mut buf);
+        let len = c.write_payload(&mut buf, &[None; MAX_CARRIED_STOPS]);
         legacy_sign(key, &buf[..len])
     }
 
@@ -673,6 +965,172 @@ mod tests {
         for payload in [&b""[..], &[0xffu8; 40], &[0u8; 31]] {
             let token = sign(key, |t| B64.encode_string(payload, t));
             assert_eq!(Lease::verify(&token, &r, 0).unwrap_err(), InvalidToken("malformed token"));
+        }
+    }
+
+    fn stop(id: u64, reason: StopReason, by_session: bool) -> StopClaim<'static> {
+        StopClaim {
+            session: SessionId(id),
+            reason,
+            until_secs: 1_700_000_100,
+            by_started_secs: 1_700_000_000 + id as u32,
+            by_session: by_session.then_some((SessionId(0xabc), 1_700_000_090)),
+            by_device: Some("tv-2"),
+            by_label: Some("Bedroom TV"),
+            by_content: None,
+            by_group: Some("studio"),
+        }
+    }
+
+    #[test]
+    fn without_stops_a_token_is_the_same_bytes_and_renews_in_place() {
+        let ring = ring();
+        let token = claims().mint(ring.signing()).unwrap();
+        assert_eq!(claims().mint_with(ring.signing(), &[]), Some(token.clone()));
+        // Stops that do not travel are not written at all.
+        let ended = StopClaim { reason: StopReason::Ended, ..stop(1, StopReason::Ended, false) };
+        let exceeded = StopClaim { reason: StopReason::LimitExceeded, ..ended };
+        assert_eq!(claims().mint_with(ring.signing(), &[ended, exceeded]), Some(token.clone()));
+        let lease = Lease::verify(&token, &ring, 0).unwrap();
+        assert!(!lease.has_stops() && lease.stops().next().is_none());
+        let renewed = lease.renew_with(1_700_000_200_000, &[], &ring);
+        assert_eq!(renewed, lease.renew(1_700_000_200_000, &ring));
+        // Only the 16 characters of the expiry differ.
+        let (a, b) = (token.as_bytes(), renewed.as_bytes());
+        let at = PREFIX.len() + "s2.".len();
+        assert_eq!(a.len(), b.len());
+        assert!((0..a.len()).filter(|&i| a[i] != b[i]).all(|i| i >= at + 20 && i < at + 36 || i > a.len() - 23));
+    }
+
+    #[test]
+    fn stops_round_trip_in_order_and_renew_in_place_while_unchanged() {
+        let ring = ring();
+        let stops = [
+            stop(7, StopReason::Kicked, false),
+            stop(8, StopReason::Evicted, true),
+            stop(9, StopReason::Replaced, true),
+        ];
+        let token = claims().mint_with(ring.signing(), &stops).unwrap();
+        let lease = Lease::verify(&token, &ring, 0).unwrap();
+        assert_eq!(lease.claims(), claims(), "the session's own claims are untouched");
+        assert!(lease.has_stops());
+        assert_eq!(lease.stops().collect::<Vec<_>>(), stops);
+        // The same stops: the in-place renewal, and what a fresh mint spells.
+        let renewed = lease.renew_with(1_700_000_200_000, &stops, &ring);
+        assert_eq!(renewed, lease.renew(1_700_000_200_000, &ring));
+        let want = LeaseClaims { expires_ms: 1_700_000_200_000, ..claims() };
+        assert_eq!(Some(renewed), want.mint_with(ring.signing(), &stops));
+        // Other stops: minted afresh with them; none: back to the plain token.
+        let fewer = lease.renew_with(1_700_000_200_000, &stops[1..], &ring);
+        assert_eq!(Lease::verify(&fewer, &ring, 0).unwrap().stops().collect::<Vec<_>>(), stops[1..]);
+        let none = lease.renew_with(1_700_000_200_000, &[], &ring);
+        assert_eq!(Some(none), want.mint(ring.signing()));
+        // At most MAX_CARRIED_STOPS, the first ones given.
+        let many: Vec<StopClaim> = (1..=6).map(|i| stop(i, StopReason::Kicked, i % 2 == 0)).collect();
+        let token = claims().mint_with(ring.signing(), &many).unwrap();
+        let lease = Lease::verify(&token, &ring, 0).unwrap();
+        assert_eq!(lease.stops().collect::<Vec<_>>(), many[..MAX_CARRIED_STOPS]);
+        assert!(token.len() <= wire::MAX_TOKEN_LEN);
+    }
+
+    #[test]
+    fn stops_use_only_the_room_the_session_leaves_shortening_by_then_dropping_the_oldest() {
+        let long = Key { kid: "k".repeat(MAX_KID_LEN).into(), secret: [2; 32] };
+        let ring = KeyRing::new(vec![long.clone()]).unwrap();
+        let (user, device, label) = ("u".repeat(128), "d".repeat(100), "l".repeat(64));
+        let big = "é".repeat(64);
+        let rich = |id| StopClaim {
+            by_label: Some("a label of thirty-two characters"),
+            by_content: Some(&big),
+            ..stop(id, StopReason::Replaced, true)
+        };
+        let stops = [rich(1), rich(2), rich(3), rich(4)];
+        for label_len in [0, 20, 40, 64] {
+            let own_label = Some(&label[..label_len]).filter(|l| !l.is_empty());
+            let c = LeaseClaims { user: &user, device: Some(&device), label: own_label, ..claims() };
+            assert!(c.payload_len() <= BUDGET);
+            let token = c.mint_with(&long, &stops).unwrap();
+            assert!(token.len() <= wire::MAX_TOKEN_LEN, "{} bytes", token.len());
+            let lease = Lease::verify(&token, &ring, 0).unwrap();
+            assert_eq!(lease.claims(), c, "the session's own fields are never shortened for stops");
+            let got: Vec<StopClaim> = lease.stops().collect();
+            let room = BUDGET - c.payload_len();
+            assert_eq!(got.is_empty(), room < 1 + STOP_FIXED_LEN + BY_SESSION_LEN, "{room} bytes of room");
+            assert!(got.len() >= (room - 1) / 60, "{} stops in {room} bytes", got.len());
+            for (g, want) in got.iter().zip(&stops) {
+                // What is kept is exact: ids, reason, times, by's session; texts are prefixes or gone.
+                assert_eq!(
+                    (g.session, g.reason, g.until_secs, g.by_started_secs, g.by_session),
+                    (want.session, want.reason, want.until_secs, want.by_started_secs, want.by_session)
+                );
+                for (t, w) in [(g.by_label, want.by_label), (g.by_content, want.by_content)] {
+                    assert!(t.is_none_or(|t| w.unwrap().starts_with(t)));
+                }
+                for (t, w) in [(g.by_device, want.by_device), (g.by_group, want.by_group)] {
+                    assert!(t.is_none() || t == w, "device and group are whole or absent");
+                }
+            }
+            // The most recent keep the most.
+            let sizes: Vec<usize> = got.iter().map(|g| g.texts().iter().flatten().map(|t| t.len()).sum()).collect();
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+            // Renewing with the same stops is the in-place renewal.
+            assert_eq!(lease.renew_with(5, &stops, &ring), lease.renew(5, &ring));
+        }
+    }
+
+    #[test]
+    fn malformed_stop_sections_are_refused() {
+        let r = ring();
+        let key = r.signing();
+        let mut buf = [0u8; MAX_PAYLOAD];
+        let one = [Some(stop(7, StopReason::Kicked, true)), None, None, None];
+        let len = claims().write_payload(&mut buf, &one);
+        let good = buf[..len].to_vec();
+        let signed = |p: &[u8]| sign(key, |t| B64.encode_string(p, t));
+        assert!(Lease::verify(&signed(&good), &r, 0).is_ok());
+        let stops_at = claims().payload_len();
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        // The flag without a section, a section without the flag.
+        cases.push({
+            let mut p = good[..stops_at].to_vec();
+            p[0] |= HAS_STOPS;
+            p
+        });
+        cases.push({
+            let mut p = good.clone();
+            p[0] &= !HAS_STOPS;
+            p
+        });
+        // A count of 0 or over the bound, or more stops than the count.
+        for n in [0u8, 2, MAX_CARRIED_STOPS as u8 + 1] {
+            let mut p = good.clone();
+            p[stops_at] = n;
+            cases.push(p);
+        }
+        // Reason 3, bit 7, a text running past the end, a trailing byte, the top flag bit.
+        for (at, v) in [(stops_at + 9, 3u8), (stops_at + 9, 0x80 | 0x04)] {
+            let mut p = good.clone();
+            p[at] = v;
+            cases.push(p);
+        }
+        cases.push({
+            let mut p = good.clone();
+            let l = p.len();
+            p[l - 1 - "studio".len()] = 200;
+            p
+        });
+        cases.push({
+            let mut p = good.clone();
+            p.push(0);
+            p
+        });
+        cases.push({
+            let mut p = good.clone();
+            p[0] |= 0x80;
+            p
+        });
+        for p in cases {
+            assert_eq!(Lease::verify(&signed(&p), &r, 0).unwrap_err(), InvalidToken("malformed token"), "{p:?}");
         }
     }
 }

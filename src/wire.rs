@@ -65,6 +65,10 @@ pub const MAX_GROUP_LEN: usize = 64;
 pub const MAX_DEVICE_LEN: usize = 128;
 pub const MAX_LABEL_LEN: usize = 64;
 pub const MAX_CONTENT_LEN: usize = 128;
+/// Most stops a lease token carries (docs/spec.md §3, §6): a user's most
+/// recent kicks, replaces and evictions. More within one token lifetime is
+/// rare; past it the oldest are left to re-validation (docs/spec.md §9).
+pub const MAX_CARRIED_STOPS: usize = 4;
 
 /// `[A-Za-z0-9_-]`, 1..=max: tenant ids.
 pub fn is_tenant_id(s: &str) -> bool {
