@@ -133,7 +133,7 @@ fn would_learn(current: &[Slot], carried: &[Tombstone], now: u64) -> bool {
     carried.iter().any(|t| {
         t.until_ms >= now
             && StopClaim::carries(t.reason)
-            && !current.iter().any(|s| matches!(s, Slot::Tombstone(m) if m.id == t.id))
+            && !current.iter().any(|s| matches!(s, Slot::Tombstone(m) if m.id == t.id && m.until_ms >= now))
     })
 }
 
@@ -386,7 +386,7 @@ pub fn renewable<'s>(current: &'s [Slot], b: &Beat<'_>, now: u64) -> Option<&'s 
 /// the caller's policy, renew.
 pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> Ruling<BeatOutcome> {
     let learns = would_learn(current, &b.carried, now);
-    if let Some(Slot::Tombstone(t)) = current.iter().find(|s| s.id() == Some(b.id)) {
+    if let Some(Slot::Tombstone(t)) = current.iter().find(|s| s.id() == Some(b.id) && !s.is_expired(now)) {
         let t = t.clone();
         if !learns {
             return (None, BeatOutcome::AlreadyStopped(t));
@@ -496,7 +496,8 @@ pub enum StopOutcome {
 /// docs/spec.md §4 stop: idempotent; frees the slot at once.
 pub fn stop(current: &[Slot], s: &Stop, now: u64) -> Ruling<StopOutcome> {
     let learns = would_learn(current, &s.carried, now);
-    if let Some(Slot::Tombstone(_)) = current.iter().find(|slot| slot.id() == Some(s.id)) {
+    // A tombstone already due counts as gone, as it would once swept.
+    if let Some(Slot::Tombstone(_)) = current.iter().find(|slot| slot.id() == Some(s.id) && !slot.is_expired(now)) {
         if !learns {
             return (None, StopOutcome::AlreadyStopped);
         }

@@ -20,9 +20,12 @@
 //! the new expiry) or `409` (which limit, `limit`, `active` and the listed
 //! sessions); `200` (new expiry), `410` (reason and who caused it) or `401`;
 //! the live sessions and `active` of every list, after every operation; and
-//! the live count of a sweep. The model keeps a stopped session's tombstone
-//! for as long as any of its tokens is accepted (docs/spec.md §6: "remembered until
-//! its last token would have expired").
+//! the live count of a sweep; and which stops every issued token carries
+//! (docs/spec.md §3, §6: the user's kicked, replaced and evicted sessions,
+//! most recent first, at most four, while remembered). The model keeps a
+//! stopped session's tombstone for as long as any of its tokens is accepted
+//! (docs/spec.md §6: "remembered until its last token would have expired"),
+//! and records the stops a presented token carries before judging it.
 //!
 //! # Properties
 //!
@@ -58,16 +61,14 @@
 //!   `evicted` or `?replace=` naming it, its leaving a list at an instant,
 //!   or a `200` to a sign-out of its user after it started, whether the node
 //!   held it or not), every later heartbeat with any of its tokens gets `410` or
-//!   `401` and no list shows it, until the next total loss. The spec's position
-//!   on losses: all state is in RAM (introduction, §8); a node never rebuilds
-//!   a session *it holds* as stopped (§6), and rebuilds any session it does
-//!   not know from a valid token (§4, §6, §9). So a stop does not survive a
-//!   loss: a kicked, evicted or replaced session whose player has not yet
-//!   heard of it is rebuilt and judged again, and the model expects exactly
-//!   that. A player that was told (`410`, `401`, its own stop's `204`) obeys
-//!   the spec ("send no more heartbeats"), so the test never presents its tokens
-//!   after a loss; before one, it sometimes does (a misbehaving player) to
-//!   check P3.
+//!   `401` and no list shows it, until the next total loss. All state is in
+//!   RAM (introduction, §8) and a node rebuilds any session it does not know
+//!   from a valid token (§6), so after a loss a stopped session whose player
+//!   has not yet heard of it may be rebuilt, until the user's other tokens
+//!   bring its stop back (P6). A player that was told (`410`, `401`, its own
+//!   stop's `204`) obeys the spec ("send no more heartbeats"), so the test
+//!   never presents its tokens after a loss; before one, it sometimes does (a
+//!   misbehaving player) to check P3.
 //! - **P4, no valid stream is refused without cause** ([`World::beat`]). A
 //!   heartbeat with a token not past its expiry, of a session no answer has
 //!   shown stopped since the last loss, gets `200`, or `410 limit_exceeded`
@@ -82,6 +83,16 @@
 //!   .expires_ms`): at `e - 1` it is listed and a `reject_new` start with
 //!   limit = the sessions listed gets `409`; at `e` it is not listed and the
 //!   same start gets `201`.
+//! - **P6, a stop is never undone by a move** ([`World::beat`],
+//!   [`World::taught`]). A session kicked (with its user's grant), replaced
+//!   or evicted, as the answers showed, whose stop the harness knows every
+//!   later token of its user carries (the user had at most four such stops),
+//!   and whose stop a token of another session of the user brought back to
+//!   the node after a loss: its heartbeat gets `410` with the original
+//!   reason and `by`, whether it was rebuilt first (it was live there when
+//!   the token arrived) or not (then with any of its tokens from before the
+//!   stop). P4 accepts exactly that `410` from a session stopped before a
+//!   loss.
 //!
 //! # Disagreements the model found
 //!
@@ -116,7 +127,7 @@ use streamcap::keys::Key;
 use streamcap::limiter::{Error, Issued, Limiter, Settings};
 use streamcap::metrics::Metrics;
 use streamcap::token::Lease;
-use streamcap::wire::{Policy, SessionId, SessionView, StopReason};
+use streamcap::wire::{MAX_CARRIED_STOPS, Policy, SessionId, SessionView, StopReason};
 
 /// Cases run when `PROPTEST_CASES` is not set (about 10 s in debug on 2 cores).
 const DEFAULT_CASES: u32 = 800;
@@ -306,6 +317,18 @@ struct Sess {
     stop_seen: Option<u32>,
     /// Step of its last `200` heartbeat (P1).
     last_ok: Option<usize>,
+    /// Per token: the stops the model says it carries, and the stops the
+    /// harness knows it carries (P6; `None` when the user had more stops
+    /// than a token holds).
+    carries: Vec<Vec<Carried>>,
+    teaches: Vec<Option<Vec<usize>>>,
+    /// P6: its stops by a kick, `?replace=` or eviction under its own user,
+    /// as the answers showed them: epoch, reason, `by`, how many tokens it
+    /// held then and the latest one's expiry.
+    stopped_as: Vec<(u32, StopReason, By, usize, u64)>,
+    /// P6: epoch in which a token of another session of its user taught a
+    /// node its stop, and whether it was live there at that moment.
+    taught: Option<(u32, bool)>,
 }
 
 impl Sess {
@@ -339,11 +362,32 @@ struct Rec {
     sess: usize,
     expires: u64,
     stopped: Option<(StopReason, By)>,
+    /// A stopped record is remembered through this millisecond (docs/spec.md §6).
+    until: u64,
+    /// When it was stopped (ms): carried stops are ordered by it, to the second.
+    at: u64,
 }
 
-/// The node: every record it holds. Stopped records stay for good (their
-/// tokens all expire before the test could tell the difference, docs/spec.md §6);
-/// a loss clears everything.
+impl Rec {
+    fn live(user: usize, sess: usize, expires: u64) -> Rec {
+        Rec { user, sess, expires, stopped: None, until: 0, at: 0 }
+    }
+}
+
+/// A stop a lease token carries (docs/spec.md §3): the session, its
+/// reason and `by`, remembered through `until` (ms, whole seconds), stopped
+/// at `at` (ms, whole seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Carried {
+    sess: usize,
+    reason: StopReason,
+    by: By,
+    until: u64,
+    at: u64,
+}
+
+/// The node: every record it holds, until it is due (a live session at its
+/// expiry, a stopped one after `until`); a loss clears everything.
 #[derive(Clone, Debug)]
 struct Model {
     recs: Vec<Rec>,
@@ -352,6 +396,9 @@ struct Model {
     signed_out: Vec<(usize, u64)>,
     /// Token lifetime in polls (docs/spec.md §1 ttl).
     ttl_factor: u64,
+    /// How long a kick or replace of a session unknown here is remembered:
+    /// the longest token lifetime plus leeway (docs/spec.md §6).
+    unknown_life: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -368,8 +415,70 @@ enum BeatOut {
 }
 
 impl Model {
-    fn new(ttl_factor: u32) -> Model {
-        Model { recs: Vec::new(), signed_out: Vec::new(), ttl_factor: ttl_factor as u64 }
+    fn new(settings: &Settings) -> Model {
+        let ttl_factor = settings.ttl_factor as u64;
+        let unknown_life = settings.poll.max as u64 * ttl_factor * 1000 + LEEWAY;
+        Model { recs: Vec::new(), signed_out: Vec::new(), ttl_factor, unknown_life }
+    }
+
+    /// Drops what is due at `now` (docs/spec.md §7), as every operation does first.
+    fn prune(&mut self, now: u64) {
+        self.recs.retain(|r| if r.stopped.is_some() { r.until >= now } else { r.expires > now });
+    }
+
+    /// Whether a stop with this reason travels in tokens (docs/spec.md §6).
+    fn carries(reason: StopReason) -> bool {
+        matches!(reason, StopReason::Kicked | StopReason::Replaced | StopReason::Evicted)
+    }
+
+    /// The stops the user's next token carries: its kicked, replaced and
+    /// evicted records, most recent first (to the second, then by id), at most four.
+    fn carried(&self, ss: &[Sess], user: usize, now: u64) -> Vec<Carried> {
+        let mut out: Vec<Carried> = self
+            .recs
+            .iter()
+            .filter(|r| r.user == user && r.until >= now)
+            .filter_map(|r| match &r.stopped {
+                Some((reason, by)) if Model::carries(*reason) => Some(Carried {
+                    sess: r.sess,
+                    reason: *reason,
+                    by: by.clone(),
+                    until: r.until.div_ceil(1000) * 1000,
+                    at: r.at / 1000 * 1000,
+                }),
+                _ => None,
+            })
+            .collect();
+        out.sort_by_key(|c| (std::cmp::Reverse(c.at), ss[c.sess].id));
+        out.truncate(MAX_CARRIED_STOPS);
+        out
+    }
+
+    /// Records the stops a presented token carries (docs/spec.md §6): a live
+    /// session named is stopped with that reason, an unknown one remembered.
+    fn learn(&mut self, ss: &[Sess], user: usize, carried: &[Carried], now: u64) {
+        for c in carried.iter().filter(|c| c.until >= now) {
+            match self.find(ss, user, ss[c.sess].id) {
+                Some(i) if self.recs[i].stopped.is_some() => {}
+                Some(i) => {
+                    self.stop(i, c.reason, c.by.clone(), now);
+                    let r = &mut self.recs[i];
+                    r.until = r.until.max(c.until);
+                    r.at = c.at;
+                }
+                None => self.recs.push(Rec {
+                    stopped: Some((c.reason, c.by.clone())),
+                    until: c.until,
+                    at: c.at,
+                    ..Rec::live(user, c.sess, 0)
+                }),
+            }
+        }
+    }
+
+    /// Stops a session this node does not know: remembered for `until`.
+    fn remember(&mut self, user: usize, sess: usize, reason: StopReason, by: By, until: u64, now: u64) {
+        self.recs.push(Rec { stopped: Some((reason, by)), until, at: now, ..Rec::live(user, sess, 0) });
     }
 
     fn ttl(&self, c: &Claims) -> u64 {
@@ -412,9 +521,12 @@ impl Model {
         units
     }
 
-    fn stop(&mut self, i: usize, reason: StopReason, by: By) {
-        if self.recs[i].stopped.is_none() {
-            self.recs[i].stopped = Some((reason, by));
+    fn stop(&mut self, i: usize, reason: StopReason, by: By, now: u64) {
+        let r = &mut self.recs[i];
+        if r.stopped.is_none() {
+            r.stopped = Some((reason, by));
+            r.until = r.expires.max(now).saturating_add(LEEWAY);
+            r.at = now;
         }
     }
 
@@ -434,22 +546,21 @@ impl Model {
         now: u64,
     ) -> StartOut {
         let ttl = self.ttl(c);
+        self.prune(now);
         let mut w = self.clone();
         let by = By::Session(new.map_or(SessionId(0), |n| n.1));
         // `?replace=`: stopped first, in the same step; remembered if unknown.
         if let Some(r) = replace {
             match w.find(ss, user, ss[r].id) {
-                Some(i) => w.stop(i, StopReason::Replaced, by.clone()),
-                None => {
-                    w.recs.push(Rec { user, sess: r, expires: 0, stopped: Some((StopReason::Replaced, by.clone())) })
-                }
+                Some(i) => w.stop(i, StopReason::Replaced, by.clone(), now),
+                None => w.remember(user, r, StopReason::Replaced, by.clone(), now + self.unknown_life, now),
             }
         }
         let by_device = c.policy == Policy::RejectNewDevice;
         if by_device {
             for i in 0..w.recs.len() {
                 if w.recs[i].user == user && w.is_live(i, now) && ss[w.recs[i].sess].claims.device == c.device {
-                    w.stop(i, StopReason::Replaced, by.clone());
+                    w.stop(i, StopReason::Replaced, by.clone(), now);
                 }
             }
         }
@@ -462,7 +573,7 @@ impl Model {
             let limit_binds = all_n + 1 > c.limit as usize;
             if !group_binds && !limit_binds {
                 if let Some((sess, _)) = new {
-                    w.recs.push(Rec { user, sess, expires: now + ttl, stopped: None });
+                    w.recs.push(Rec::live(user, sess, now + ttl));
                     *self = w;
                 }
                 return StartOut::Admitted { active: all_n + 1, limit: c.limit, evicted, expires: now + ttl };
@@ -482,29 +593,32 @@ impl Model {
             }
             // Evict the oldest: of the group when the group limit binds.
             let oldest = w.live(ss, user, now, if group_binds { group } else { None })[0];
-            w.stop(oldest, StopReason::Evicted, by.clone());
+            w.stop(oldest, StopReason::Evicted, by.clone(), now);
             evicted.push(ss[w.recs[oldest].sess].id);
         }
     }
 
     /// Stops the units that lose when `units` exceed `limit`.
-    fn enforce(&mut self, units: Vec<Vec<usize>>, limit: usize, keep_earliest: bool) {
+    fn enforce(&mut self, units: Vec<Vec<usize>>, limit: usize, keep_earliest: bool, now: u64) {
         if units.len() > limit {
             let excess = units.len() - limit;
             let losers = if keep_earliest { &units[limit..] } else { &units[..excess] };
             for &i in losers.iter().flatten() {
-                self.stop(i, StopReason::LimitExceeded, By::Nobody);
+                self.stop(i, StopReason::LimitExceeded, By::Nobody, now);
             }
         }
     }
 
-    /// docs/spec.md §6, for session `s` presenting a token that expires at `tok_exp`.
-    fn heartbeat(&mut self, ss: &[Sess], s: usize, tok_exp: u64, now: u64) -> BeatOut {
+    /// docs/spec.md §6, for session `s` presenting a token that expires at
+    /// `tok_exp` and carries `carried`.
+    fn heartbeat(&mut self, ss: &[Sess], s: usize, tok_exp: u64, carried: &[Carried], now: u64) -> BeatOut {
         let ttl = self.ttl(&ss[s].claims);
         if now > tok_exp + LEEWAY {
             return BeatOut::Invalid;
         }
         let user = ss[s].user;
+        self.prune(now);
+        self.learn(ss, user, carried, now);
         let me = match self.find(ss, user, ss[s].id) {
             Some(i) if self.recs[i].stopped.is_some() => {
                 let (reason, by) = self.recs[i].stopped.clone().expect("matched as stopped");
@@ -520,7 +634,7 @@ impl Model {
             Some(i) => i,
             None => {
                 // Unknown here: rebuilt from the token.
-                self.recs.push(Rec { user, sess: s, expires: tok_exp, stopped: None });
+                self.recs.push(Rec::live(user, s, tok_exp));
                 self.recs.len() - 1
             }
         };
@@ -531,22 +645,50 @@ impl Model {
         let keep_earliest = c.policy != Policy::EvictOldest;
         if let Some((g, gl)) = &c.group {
             let units = self.units(ss, user, now, by_device, Some(g));
-            self.enforce(units, *gl as usize, keep_earliest);
+            self.enforce(units, *gl as usize, keep_earliest, now);
         }
         let units = self.units(ss, user, now, by_device, None);
-        self.enforce(units, c.limit as usize, keep_earliest);
+        self.enforce(units, c.limit as usize, keep_earliest, now);
         if self.recs[me].stopped.is_some() {
+            // Remembered as long as any token of it issued so far, or now, is accepted.
+            self.recs[me].until = now + ttl + LEEWAY;
             return BeatOut::Stopped { reason: StopReason::LimitExceeded, by: By::Nobody };
         }
         self.recs[me].expires = now + ttl;
         BeatOut::Renewed { expires: now + ttl }
     }
 
-    /// docs/spec.md §4 stop, under `path_user`: the session's own token (`Ended`) or a grant (`Kicked`).
-    fn stop_session(&mut self, ss: &[Sess], path_user: usize, s: usize, reason: StopReason, by: By) {
+    /// docs/spec.md §4 stop, under `path_user`: with the session's own token
+    /// (`Ended`; `own` is that token's expiry and carried stops) or a grant (`Kicked`).
+    #[allow(clippy::too_many_arguments)]
+    fn stop_session(
+        &mut self,
+        ss: &[Sess],
+        path_user: usize,
+        s: usize,
+        reason: StopReason,
+        by: By,
+        own: Option<(u64, &[Carried])>,
+        now: u64,
+    ) {
+        self.prune(now);
+        // A stop with its own token keeps the tombstone past any token of
+        // the session: none expires after now + ttl.
+        let keep = own.map(|(tok_exp, carried)| {
+            self.learn(ss, path_user, carried, now);
+            tok_exp.max(now + self.ttl(&ss[s].claims)) + LEEWAY
+        });
         match self.find(ss, path_user, ss[s].id) {
-            Some(i) => self.stop(i, reason, by),
-            None => self.recs.push(Rec { user: path_user, sess: s, expires: 0, stopped: Some((reason, by)) }),
+            Some(i) if self.recs[i].stopped.is_some() => {}
+            Some(i) => {
+                self.stop(i, reason, by, now);
+                let r = &mut self.recs[i];
+                r.until = r.until.max(keep.unwrap_or(0));
+            }
+            None => {
+                let until = keep.unwrap_or(now + self.unknown_life);
+                self.remember(path_user, s, reason, by, until, now);
+            }
         }
     }
 
@@ -556,12 +698,13 @@ impl Model {
     /// left as it is: a later kick or `?replace=` naming it is remembered
     /// with its own reason, as for any session this node does not hold.
     fn sign_out(&mut self, user: usize, now: u64) -> usize {
+        self.prune(now);
         self.signed_out.push((user, now));
         let mut live = 0;
         for i in 0..self.recs.len() {
             if self.recs[i].user == user && self.is_live(i, now) {
                 live += 1;
-                self.stop(i, StopReason::Kicked, By::Grant);
+                self.stop(i, StopReason::Kicked, By::Grant, now);
             }
         }
         live
@@ -579,8 +722,8 @@ impl Model {
 
 // ---- coverage counters (printed with --nocapture) ---------------------------------------------
 
-static STATS: [AtomicUsize; 14] = [const { AtomicUsize::new(0) }; 14];
-const STAT_NAMES: [&str; 14] = [
+static STATS: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
+const STAT_NAMES: [&str; 16] = [
     "operations",
     "P1 checks armed (non-empty, all renewed since growth)",
     "P2 heartbeat re-validations that stopped someone (reject_new*)",
@@ -595,6 +738,8 @@ const STAT_NAMES: [&str; 14] = [
     "410 answers",
     "sessions signed out",
     "heartbeats of sessions not held, refused by a sign-out",
+    "tokens carrying stops",
+    "P6 heartbeats of a session stopped before a loss, after its stop was carried back",
 ];
 const OPS: usize = 0;
 const P1: usize = 1;
@@ -610,6 +755,8 @@ const LOSSES: usize = 10;
 const GONE: usize = 11;
 const SIGNED_OUT: usize = 12;
 const SIGNED_OUT_UNHELD: usize = 13;
+const CARRYING: usize = 14;
+const P6: usize = 15;
 
 fn count(stat: usize, n: usize) {
     STATS[stat].fetch_add(n, Relaxed);
@@ -627,6 +774,10 @@ struct Epoch {
     group_limits: Vec<(String, u32)>,
     /// Step of the last start or heal (P1).
     grew_at: usize,
+    /// Sessions the node holds as kicked, replaced or evicted under this
+    /// user, as far as the answers show (P6): a token carries all of them
+    /// while they are at most four.
+    carried: Vec<usize>,
 }
 
 impl Epoch {
@@ -713,7 +864,7 @@ impl World {
             epoch: 0,
             step: 0,
             sessions: Vec::new(),
-            model: Model::new(settings.ttl_factor),
+            model: Model::new(settings),
             log: Vec::new(),
         }
     }
@@ -900,6 +1051,10 @@ impl World {
                 retired: None,
                 stop_seen: None,
                 last_ok: None,
+                carries: vec![Vec::new()],
+                teaches: vec![None],
+                stopped_as: Vec::new(),
+                taught: None,
             });
             self.sessions.len() - 1
         });
@@ -945,8 +1100,26 @@ impl World {
         }
         let after = self.list_ids(user)?;
         self.check_p2_start(user, &c, &actual, replace, &before, &after)?;
-        // Everything that left the list at this instant was stopped by this start.
+        // Everything that left the list at this instant was stopped by this
+        // start: evicted, or replaced (`?replace=`, or the same device).
         let stopped: Vec<usize> = before.iter().copied().filter(|s| !after.contains(s)).collect();
+        if let (Some(n), StartOut::Admitted { evicted, .. }) = (new_idx, &actual) {
+            let by = By::Session(self.sessions[n].id);
+            for &s in &stopped {
+                let why =
+                    if evicted.contains(&self.sessions[s].id) { StopReason::Evicted } else { StopReason::Replaced };
+                self.note_stop(user, s, why, by.clone());
+            }
+            if let Some(r) = replace
+                && !stopped.contains(&r)
+            {
+                self.note_stop(user, r, StopReason::Replaced, by);
+            }
+            let token = self.sessions[n].latest().0.clone();
+            let (carries, teaches) = self.issued(user, &token)?;
+            self.sessions[n].carries[0] = carries;
+            self.sessions[n].teaches[0] = teaches;
+        }
         for s in stopped {
             self.sessions[s].stop_seen = Some(self.epoch);
         }
@@ -956,6 +1129,60 @@ impl World {
             self.sessions[r].stop_seen = Some(self.epoch);
         }
         Ok(new_idx)
+    }
+
+    /// A stop the answers showed, made under `user` (a kick with its grant,
+    /// its start's `?replace=`, eviction or same-device replace): counted
+    /// among the user's carried stops, and for a session of `user` not
+    /// already seen stopped in this epoch, remembered for P6.
+    fn note_stop(&mut self, user: usize, s: usize, reason: StopReason, by: By) {
+        let e = &mut self.epochs[user].carried;
+        if !e.contains(&s) {
+            e.push(s);
+        }
+        let me = &mut self.sessions[s];
+        if me.user == user && me.stop_seen != Some(self.epoch) {
+            let stop = (self.epoch, reason, by, me.tokens.len(), me.latest().1);
+            me.stopped_as.push(stop);
+        }
+    }
+
+    /// The sessions a token's carried stops name (as the token says).
+    fn token_stops(&self, token: &str) -> Vec<usize> {
+        match Lease::verify(token, &self.settings.server_keys, self.now) {
+            Ok(l) => l.stops().filter_map(|c| self.index_of(c.session)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Checks the stops a freshly issued token carries against the model
+    /// (which, in which order, why and by whom), and returns the model's
+    /// list; with what the harness knows the token teaches (P6).
+    fn issued(&mut self, user: usize, token: &str) -> Result<(Vec<Carried>, Option<Vec<usize>>), TestCaseError> {
+        let want = self.model.carried(&self.sessions, user, self.now);
+        let lease = match Lease::verify(token, &self.settings.server_keys, self.now) {
+            Ok(l) => l,
+            Err(e) => return Err(self.fail(format!("fresh token does not verify: {e:?}"))),
+        };
+        let got: Vec<(SessionId, StopReason, By)> = lease
+            .stops()
+            .map(|c| (c.session, c.reason, c.by_session.map_or(By::Grant, |b| By::Session(b.0))))
+            .collect();
+        let expect: Vec<(SessionId, StopReason, By)> =
+            want.iter().map(|c| (self.sessions[c.sess].id, c.reason, c.by.clone())).collect();
+        ensure!(self, got == expect, "token of u{user} carries {got:?}, the model says {expect:?}");
+        count(CARRYING, usize::from(!got.is_empty()));
+        let known = &self.epochs[user].carried;
+        let now = self.now;
+        let teaches = (known.len() <= MAX_CARRIED_STOPS).then(|| {
+            // A stop is carried while the stopped session's last token could be accepted.
+            known
+                .iter()
+                .copied()
+                .filter(|&x| self.sessions[x].stopped_as.last().is_some_and(|st| now <= st.4 + LEEWAY))
+                .collect()
+        });
+        Ok((want, teaches))
     }
 
     /// P2, admission side: a `reject_new` (or `reject_new_device`) start
@@ -1078,6 +1305,7 @@ impl World {
         let user = self.sessions[s].user;
         let before = self.list_ids(user)?;
         let (token, tok_exp) = self.sessions[s].tokens[k].clone();
+        let carried = self.sessions[s].carries[k].clone();
         let healed_before = self.limiter.metrics().heartbeats_healed();
         let id = self.sessions[s].id;
         let answer = self.limiter.heartbeat(&self.names[user], id, &token, self.now);
@@ -1088,7 +1316,7 @@ impl World {
             Err(Error::InvalidToken(_)) => (BeatOut::Invalid, None),
             Err(e) => return Err(self.fail(format!("heartbeat answered {} {e:?}", status(&e)))),
         };
-        let expected = self.model.heartbeat(&self.sessions, s, tok_exp, self.now);
+        let expected = self.model.heartbeat(&self.sessions, s, tok_exp, &carried, self.now);
         let n_tokens = self.sessions[s].tokens.len();
         let by = |b: &By| match b {
             By::Nobody => String::new(),
@@ -1114,6 +1342,20 @@ impl World {
             self.epochs[user].grew_at = self.step;
         }
 
+        // P6: a stop is never undone by a move. Once a token of another
+        // session of the user carried the stop to this node, the stopped
+        // session gets 410 with its original reason and `by`.
+        let me = &self.sessions[s];
+        let moved_stop = me.stopped_as.iter().find(|st| st.0 < self.epoch).cloned();
+        if let (Some((_, reason, by, held, _)), [_], Some((e, live))) = (&moved_stop, &me.stopped_as[..], me.taught)
+            && e == self.epoch
+            && self.now <= tok_exp + LEEWAY
+            && (live || k < *held)
+        {
+            count(P6, 1);
+            let want = BeatOut::Stopped { reason: *reason, by: by.clone() };
+            ensure!(self, actual == want, "P6: {name}'s stop was carried back after a loss, yet it got {actual:?}");
+        }
         // P3: a session seen stopped (in this epoch) never comes back.
         let seen_stopped = self.sessions[s].stop_seen == Some(self.epoch);
         if seen_stopped {
@@ -1129,11 +1371,16 @@ impl World {
         // holds sessions it did not admit or grants disagreed on limits.
         if !seen_stopped && self.now <= tok_exp {
             count(P4, 1);
+            let carried_back = |reason: &StopReason, by: &By| {
+                self.sessions[s].stopped_as.iter().any(|st| st.0 < self.epoch && st.1 == *reason && st.2 == *by)
+            };
             match &actual {
                 BeatOut::Renewed { .. } => {}
                 BeatOut::Stopped { reason: StopReason::LimitExceeded, .. } if self.epochs[user].unclean() => {
                     count(P4_LOST, 1)
                 }
+                // A stop made before a loss, carried back by the user's tokens (P6).
+                BeatOut::Stopped { reason, by } if carried_back(reason, by) => {}
                 other => {
                     return Err(self.fail(format!(
                         "P4: {name} holds a valid token and was never seen stopped, but got {other:?} (epoch clean: {})",
@@ -1144,8 +1391,17 @@ impl World {
         }
 
         let after = self.list_ids(user)?;
-        let judged = !seen_stopped && actual != BeatOut::Invalid;
-        self.check_p2_beat(s, judged, &before, &after)?;
+        // Re-validation judged the caller unless it was already stopped
+        // here (seen, or named by a token carried back after a loss).
+        let judged = !seen_stopped
+            && matches!(actual, BeatOut::Renewed { .. } | BeatOut::Stopped { reason: StopReason::LimitExceeded, .. });
+        // Sessions the token named as stopped leave the list by that, not by re-validation.
+        let learned = if actual == BeatOut::Invalid { Vec::new() } else { self.token_stops(&token) };
+        let pool: Vec<usize> = before.iter().copied().filter(|o| !learned.contains(o)).collect();
+        self.check_p2_beat(s, judged, &pool, &after)?;
+        if actual != BeatOut::Invalid {
+            self.taught(user, s, k, &learned, &before);
+        }
         for &o in &before {
             if !after.contains(&o) {
                 self.sessions[o].stop_seen = Some(self.epoch);
@@ -1153,8 +1409,11 @@ impl World {
         }
         match renewed {
             Some(r) => {
+                let (carries, teaches) = self.issued(user, &r.token)?;
                 let me = &mut self.sessions[s];
                 me.tokens.push((r.token, r.expires_ms));
+                me.carries.push(carries);
+                me.teaches.push(teaches);
                 me.last_ok = Some(self.step);
             }
             None => {
@@ -1169,6 +1428,35 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// After session `s` presented its token `k` (accepted): the node has
+    /// recorded the stops it carries (`learned`, as the token says); the
+    /// sessions the harness knows it carries are marked taught (P6) if they
+    /// were live here (`before`), or else if their own tokens from before
+    /// the stop are all that could be presented.
+    fn taught(&mut self, user: usize, s: usize, k: usize, learned: &[usize], before: &[usize]) {
+        for &x in learned {
+            let e = &mut self.epochs[user].carried;
+            if !e.contains(&x) {
+                e.push(x);
+            }
+        }
+        let Some(teaches) = self.sessions[s].teaches[k].clone() else { return };
+        for x in teaches {
+            let now = self.now;
+            let epoch = self.epoch;
+            let me = &mut self.sessions[x];
+            if x == s || me.user != user || me.stop_seen == Some(epoch) || me.taught.is_some_and(|t| t.0 == epoch) {
+                continue;
+            }
+            let Some(&(_, _, _, _, latest)) = me.stopped_as.last() else { continue };
+            if before.contains(&x) {
+                me.taught = Some((epoch, true));
+            } else if now <= latest + LEEWAY {
+                me.taught = Some((epoch, false));
+            }
+        }
     }
 
     /// Sessions a player may still heartbeat or stop: not retired, or
@@ -1186,6 +1474,7 @@ impl World {
     fn stop_own(&mut self, s: usize, k: usize) -> Result<(), TestCaseError> {
         let user = self.sessions[s].user;
         let (token, tok_exp) = self.sessions[s].tokens[k].clone();
+        let carried = self.sessions[s].carries[k].clone();
         let answer = self.limiter.stop(&self.names[user], self.sessions[s].id, &token, self.now);
         let name = self.sessions[s].name.clone();
         let code = answer.as_ref().map_or_else(status, |_| 204);
@@ -1193,7 +1482,14 @@ impl World {
         let expected = if self.now > tok_exp + LEEWAY { 401 } else { 204 };
         ensure!(self, code == expected, "stop of {name}: node answered {code}, expected {expected}");
         if code == 204 {
-            self.model.stop_session(&self.sessions, user, s, StopReason::Ended, By::Nobody);
+            let own = Some((tok_exp, &carried[..]));
+            self.model.stop_session(&self.sessions, user, s, StopReason::Ended, By::Nobody, own, self.now);
+            for x in self.token_stops(&token) {
+                let e = &mut self.epochs[user].carried;
+                if !e.contains(&x) {
+                    e.push(x);
+                }
+            }
         }
         let me = &mut self.sessions[s];
         me.retired = Some(self.epoch);
@@ -1211,7 +1507,8 @@ impl World {
         let name = self.sessions[s].name.clone();
         self.note(format!("kick {name} (of u{}) with a grant of u{path_user} -> {code}", self.sessions[s].user));
         ensure!(self, code == 204, "kick of {name}: node answered {code}, expected 204");
-        self.model.stop_session(&self.sessions, path_user, s, StopReason::Kicked, By::Grant);
+        self.model.stop_session(&self.sessions, path_user, s, StopReason::Kicked, By::Grant, None, self.now);
+        self.note_stop(path_user, s, StopReason::Kicked, By::Grant);
         if path_user == self.sessions[s].user {
             self.sessions[s].stop_seen = Some(self.epoch);
         }
@@ -1241,6 +1538,10 @@ impl World {
         ensure!(self, stopped == expected, "sign-out of u{user} stopped {stopped}, model expected {expected}");
         ensure!(self, stopped == before.len(), "sign-out of u{user} stopped {stopped} of {} listed", before.len());
         count(SIGNED_OUT, stopped);
+        // Each live session is kicked: a stop the user's later tokens carry (P6).
+        for &s in &before {
+            self.note_stop(user, s, StopReason::Kicked, By::Grant);
+        }
         // Every session of the user started before it is over, held here or not.
         for s in 0..self.sessions.len() {
             if before.contains(&s) || (self.sessions[s].user == user && self.sessions[s].started < self.now) {
@@ -1254,7 +1555,7 @@ impl World {
 
     fn loss(&mut self) {
         self.limiter = new_limiter(&self.settings);
-        self.model = Model::new(self.settings.ttl_factor);
+        self.model = Model::new(&self.settings);
         self.epoch += 1;
         self.epochs = vec![Epoch::default(); self.users.len()];
         count(LOSSES, 1);
