@@ -1,19 +1,24 @@
 //! Hot functions of the request path, each beside a naive baseline in the
 //! same group: grant and lease-token verification and minting, and admission
 //! and renewal on a store holding 1M users, against a `Mutex<HashMap>` store
-//! that runs the same per-user rules, renewals also from two threads at once.
+//! that runs the same per-user rules, renewals also from two threads at once;
+//! and the core's whole heartbeat (verify, store, renew) for a user whose
+//! token carries no stops, one and four.
 //!
 //! `cargo bench --bench core` (about 3 minutes here).
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use streamcap::config::{Config, DEV_TENANT, DEV_TENANT_KEY, Overrides};
 use streamcap::grant::{self, GrantClaims, PollBounds, Tenant, Tenants};
 use streamcap::keys::{Key, KeyRing};
+use streamcap::limiter::Limiter;
+use streamcap::metrics::Metrics;
 use streamcap::policy::{self, Admission, Beat, BeatOutcome, Limits};
 use streamcap::session::{Session, Slot};
 use streamcap::store::{Store, UserKey};
@@ -232,5 +237,53 @@ fn stores(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, tokens, stores);
+/// The core's heartbeat of one session (`Limiter::heartbeat`: verify the
+/// token, record its stops, renew in place, renew the token) for a user
+/// with 0, 1 and 4 recent stops, in one run: what carrying stops costs, and
+/// that a user without them pays nothing for the feature.
+fn heartbeats(c: &mut Criterion) {
+    let settings = Config::load(&Overrides::default(), None).unwrap().core;
+    let limiter = Limiter::new(settings, Arc::new(Metrics::default())).unwrap();
+    let secret = Key::parse("dev", DEV_TENANT_KEY).unwrap().secret;
+    let now = streamcap::clock::now_ms();
+    let grant = |user: &str, label: &str| {
+        GrantClaims {
+            tenant: DEV_TENANT.into(),
+            sub: user.to_owned().into(),
+            limit: 8,
+            device: Some(format!("{label}-device").into()),
+            label: Some(label.to_owned().into()),
+            exp: (now / 1000 + 3600) as i64,
+            ..Default::default()
+        }
+        .mint(&secret)
+    };
+    let mut g = c.benchmark_group("heartbeat_core");
+    for stops in [0, 1, 4] {
+        let user = format!("viewer-{stops}");
+        let me = limiter.start(&user, &grant(&user, "Living room TV"), None, now).unwrap().lease;
+        // Sessions kicked by another device of the same user.
+        for i in 0..stops {
+            let other = limiter.start(&user, &grant(&user, &format!("tv {i}")), None, now).unwrap().lease;
+            limiter.stop(&user, other.session_id, &grant(&user, "Phone"), now).unwrap();
+        }
+        // The player's token after one heartbeat carries the user's stops.
+        let token = limiter.heartbeat(&user, me.session_id, &me.token, now).unwrap().token;
+        let carried = Lease::verify(&token, limiter_keys(), now).unwrap().stops().count();
+        assert_eq!(carried, stops);
+        eprintln!("heartbeat_core/{stops}_stops: token of {} bytes", token.len());
+        g.bench_function(format!("{stops}_stops"), |b| {
+            b.iter(|| limiter.heartbeat(&user, me.session_id, black_box(&token), now + 1).unwrap())
+        });
+    }
+    g.finish();
+}
+
+/// The dev server key ring, which the dev-mode limiter above signs with.
+fn limiter_keys() -> &'static KeyRing {
+    static KEYS: std::sync::OnceLock<KeyRing> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| Config::load(&Overrides::default(), None).unwrap().core.server_keys)
+}
+
+criterion_group!(benches, tokens, stores, heartbeats);
 criterion_main!(benches);
