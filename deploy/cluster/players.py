@@ -20,10 +20,16 @@ Scenario (one run, driven from here so the players see every event):
   ramp     start every in-limit player and every over-limit user's
            `limit` incumbents, then one extra per over-limit user (409)
   steady   a few poll windows
-  kill     run --hook-kill (SIGKILL one node); at once start 2 extras per
-           over-limit user (a survivor that does not know the user yet
-           admits them: the cluster is over the limit for that user)
-  add      run --hook-add (a fourth node joins the hash ring); the same
+  kill     just before it, stop one player of --stop-users in-limit users
+           (on the node about to be killed) from another device of the
+           user: a kick with a grant and a new start, or a start with
+           ?replace= of it, alternately; run --hook-kill (SIGKILL one
+           node); at once start 2 extras per over-limit user (a survivor
+           that does not know the user yet admits them: the cluster is over
+           the limit for that user)
+  add      the same stops just before it (users at random: about one in
+           four moves to the new node); run --hook-add (a fourth node joins
+           the hash ring); the same extras
   end      players stop their sessions (DELETE); one token lifetime later
            every node must be back to 0 live sessions
 
@@ -40,10 +46,17 @@ After each event, the limit is checked three ways:
 Routing: HAProxy in the test adds X-Streamcap-Node; a user whose requests go
 back to a node they had left ("flap") means the hash is not consistent.
 
+Stops made just before an event must survive it (docs/spec.md §6, §9): the
+stopped player hears 410 with its original reason (kicked, replaced) within
+two poll windows of the event, and a "lost" stop is one whose player still
+plays then (or heard another reason). How long each stopped player played
+on after its stop is reported.
+
 Players whose stop is not explained by a limit ("wrong stops") are: any
 in-limit player or over-limit incumbent that gets 410/401/403 or loses its
-session to expiry, and any extra stopped with a reason other than
-limit_exceeded. Exit status 1 when a check fails.
+session to expiry, any player stopped on purpose that hears another reason,
+and any extra stopped with a reason other than limit_exceeded. Exit status 1
+when a check fails.
 """
 
 import argparse
@@ -57,7 +70,7 @@ import time
 from collections import Counter, defaultdict
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "loadtest", "players"))
-from streamcap_players import NetError, Player, Pool, Population, json_of, scrape  # noqa: E402
+from streamcap_players import NetError, Player, Pool, Population, json_of, scrape, stop_summary  # noqa: E402
 
 # ------------------------------------------------------------------ HAProxy
 
@@ -176,7 +189,8 @@ class Sim(Population):
         if p.state == "stopped":
             self.stopped_sids.add(p.sid)
         st = self.stats
-        expected = p.kind == "extra" and p.reason == "410 limit_exceeded"
+        expected = (p.kind == "extra" and p.reason == "410 limit_exceeded") or (
+            p.kind == "stopped" and p.reason == f"410 {p.expect}")
         st.add("expected_stops" if expected else "wrong_stops")
         if not expected:
             print(f"  WRONG STOP: {p.kind} player of {p.user} ({p.sid}): {p.reason} "
@@ -310,6 +324,53 @@ class Sim(Population):
             return {}
 
     # ----------------------------------------------------------- scenario
+    async def stop_some(self, node=None):
+        """Stops one playing player of --stop-users in-limit users (on `node`
+        if given, by the node their latest answer came from) from another
+        device of the user: a kick and a new start, or a start with
+        ?replace=, alternately. The new players play on (kind ok)."""
+        users = sorted({p.user for p in self.players if p.kind == "ok" and p.state == "playing"
+                        and (node is None or self.last_node.get(p.user) == node)})
+        random.shuffle(users)
+        users = users[:self.args.stop_users]
+        before = {u: self.last_node.get(u) for u in users}
+        made = []
+
+        async def one(i, user):
+            ps = [p for p in self.players if p.user == user and p.kind == "ok" and p.state == "playing"]
+            if len(ps) < 2:
+                return
+            p = random.choice(ps)
+            p.kind = "stopped"
+            new = await self.stop_other(p, "kick" if i % 2 == 0 else "replace")
+            if p.expect is None:
+                p.kind = "ok"
+            else:
+                made.append(p)
+            if new is not None:
+                self.players.append(new)
+                if new.state == "playing":
+                    self.tasks.append(asyncio.ensure_future(self.keep_playing(new)))
+                else:
+                    self.stats.add("wrong_stops")
+                    print(f"  WRONG: the start after a stop on {user}: {new.reason}", file=sys.stderr)
+
+        await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
+        return made, before
+
+    def stop_check(self, label, made, before):
+        """The stops made just before an event: none lost (see the module doc)."""
+        sm = stop_summary(made)
+        moved = sum(1 for p in made if self.last_node.get(p.user) != before.get(p.user))
+        lost = sm["still_playing"] + sm["heard_other_count"]
+        ok = lost == 0 and sm["stops"] > 0
+        detail = (f"{sm['stops']} stops ({moved} of users that moved), heard 410 with the original reason "
+                  f"{sm['heard_original_reason']}, lost {lost} {sm['heard_other'] or ''}; played on after the "
+                  f"stop: median {sm['played_after_stop_median_s']} s, max {sm['played_after_stop_max_s']} s")
+        self.checks.append((label, ok, detail))
+        print(f"  check {label}: {'ok' if ok else 'FAILED'}: {detail}", file=sys.stderr)
+        return dict(sm, moved=moved, lost=lost)
+
     async def extras(self, over_users, n):
         ps = [Player(u, g, "extra", lim) for (u, g, lim) in over_users for _ in range(n)]
         self.players.extend(ps)
@@ -379,6 +440,7 @@ class Sim(Population):
 
         # kill
         self.stats.phase = "kill"
+        made_k, before_k = await self.stop_some(a.kill_node)
         t_kill = time.time()
         res = await self.hook(a.hook_kill)
         killed = res["killed"]
@@ -392,6 +454,7 @@ class Sim(Population):
         k_win = await self.limit_check("limits after kill, +1 window (server side)", over_names, "window")
         await asyncio.sleep(max(0.0, t_extras + 2 * a.poll * 1.1 + 0.5 - time.time()))
         k_play = self.player_check("limits after kill, +2 windows (players)")
+        k_stops = self.stop_check("kill: stops made just before it, +2 windows", made_k, before_k)
         await asyncio.sleep(max(0.0, t_kill + a.poll * a.ttl_factor + 1.5 - time.time()))
         all_users = sorted({p.user for p in self.players})
         k_sum = await self.limit_check("limits after kill, +1 token lifetime (summed over nodes, all users)",
@@ -401,13 +464,14 @@ class Sim(Population):
         heals_kill = sum(after_kill[n].get("streamcap_heartbeats_healed_total", 0) -
                          base.get(n, {}).get("streamcap_heartbeats_healed_total", 0) for n in after_kill)
         self.events["kill"] = {"node": killed, "extras": dict(ex), "heals": heals_kill,
-                               "seconds_to_heal_window": round(time.time() - t_kill, 1)}
+                               "seconds_to_heal_window": round(time.time() - t_kill, 1), "stops": k_stops}
         if ex.get(201, 0) == 0:
             self.checks.append(("kill: over-admission exercised", False,
                                 "no extra was admitted after the kill: the limit check proved nothing"))
 
         # add
         self.stats.phase = "add"
+        made_a, before_a = await self.stop_some()
         t_add = time.time()
         res = await self.hook(a.hook_add)
         name = res["added"]["name"]
@@ -420,6 +484,7 @@ class Sim(Population):
         a_win = await self.limit_check("limits after add, +1 window (server side)", over_names, "window")
         await asyncio.sleep(max(0.0, t_extras + 2 * a.poll * 1.1 + 0.5 - time.time()))
         a_play = self.player_check("limits after add, +2 windows (players)")
+        a_stops = self.stop_check("add: stops made just before it, +2 windows", made_a, before_a)
         await asyncio.sleep(max(0.0, t_up + a.poll * a.ttl_factor + 1.5 - time.time()))
         a_sum = await self.limit_check("limits after add, +1 token lifetime (summed over nodes, all users)",
                                        all_users, "sum")
@@ -427,7 +492,7 @@ class Sim(Population):
         hap2 = self.haproxy()
         heals_add = sum(after_add[n].get("streamcap_heartbeats_healed_total", 0) -
                         after_kill.get(n, {}).get("streamcap_heartbeats_healed_total", 0) for n in after_add)
-        self.events["add"] = {"node": name, "extras": dict(ex2), "heals": heals_add}
+        self.events["add"] = {"node": name, "extras": dict(ex2), "heals": heals_add, "stops": a_stops}
         if ex2.get(201, 0) == 0:
             self.checks.append(("add: over-admission exercised", False,
                                 "no extra was admitted after the add: the limit check proved nothing"))
@@ -452,7 +517,7 @@ class Sim(Population):
         wrong_kill = wrong.get("kill", 0)
         wrong_add = wrong.get("add", 0)
         wrong_all = sum(wrong.values())
-        lost = [p for p in self.players if p.kind != "extra" and p.state in ("stopped", "lost")]
+        lost = [p for p in self.players if p.kind in ("ok", "incumbent") and p.state in ("stopped", "lost")]
 
         def hapdelta(h1, h0, key):
             return sum(v[key] - h0.get(s, {}).get(key, 0) for s, v in h1.items())
@@ -491,6 +556,10 @@ class Sim(Population):
         print(f"before the kill, live sessions per node: {dist}")
         print(f"kill {killed}: extras {dict(ex)}; heals on survivors {heals_kill:.0f}")
         print(f"add {name}: extras {dict(ex2)}; heals {heals_add:.0f}")
+        for ev, st in (("kill", k_stops), ("add", a_stops)):
+            print(f"stops just before {ev}: {st['stops']} ({st['moved']} of users that moved), lost {st['lost']}, "
+                  f"played on after the stop: median {st['played_after_stop_median_s']} s, "
+                  f"max {st['played_after_stop_max_s']} s")
         total_heals = sum(m.get("streamcap_heartbeats_healed_total", 0) for m in final.values())
         print(f"heals (streamcap_heartbeats_healed_total summed over live nodes at the end): {total_heals:.0f}")
         print(f"max live sessions per over-limit user (limit {a.over_limit}), one window after the extras:")
@@ -539,6 +608,9 @@ def main():
     ap.add_argument("--ramp", type=float, default=4.0, help="seconds over which players start")
     ap.add_argument("--steady-windows", type=float, default=2)
     ap.add_argument("--connections", type=int, default=48)
+    ap.add_argument("--stop-users", type=int, default=60,
+                    help="in-limit users of which one player is kicked or replaced just before each event")
+    ap.add_argument("--kill-node", default="n1", help="the node --hook-kill kills (stops before it are made there)")
     ap.add_argument("--hook-kill", required=True, help="shell command: kill a node, print {\"killed\": name}")
     ap.add_argument("--hook-add", required=True,
                     help="shell command: add a node, print {\"added\": {\"name\",\"api\",\"admin\"}}")

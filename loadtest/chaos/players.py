@@ -10,6 +10,15 @@ Who plays:
               accounts exactly at it), under all three policies; a few
               players "churn" (stop, then start the next episode). None of
               them may ever be stopped, refused or lost: a wrong stop.
+  stopped     right before each SIGKILL, one player of each "stops" account
+              (limit 2, reject_new, at its limit) is stopped from another
+              device of its user: a kick with a grant followed by a new
+              start, or a start with ?replace= of it (alternately). The
+              restarted server knows nothing of these stops but what the
+              user's other tokens carry (docs/spec.md §6): the stopped
+              player must hear 410 with its original reason (a "lost" stop
+              if it still plays when the round ends), and nobody else of
+              the account may be stopped in its place.
   extras      after each restart, one extra player per "extras" account
               (reject_new, already at its limit) starts at once, while the
               server does not know the incumbents yet: it is admitted. When
@@ -49,7 +58,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "players"))
-from streamcap_players import NetError, Player, Pool, Population, scrape  # noqa: E402
+from streamcap_players import NetError, Player, Pool, Population, scrape, stop_summary  # noqa: E402
 
 
 class Chaos(Population):
@@ -68,6 +77,8 @@ class Chaos(Population):
         self.extra_limit = {}  # user -> limit of an extras account
         self.churned = 0
         self.round_failed = 0
+        self.stop_users = []  # accounts whose players are stopped on purpose before each kill
+        self.stopped = []  # every player stopped on purpose, all rounds
         self.log = open(args.server_log, "ab")
 
     # ---------------------------------------------------------------- server
@@ -140,6 +151,11 @@ class Chaos(Population):
             limit = self.extra_limit[user]
             for g in grants[:limit]:
                 self.add(Player(user, g, "incumbent", limit))
+        # Accounts at their limit of 2 whose players are kicked or replaced before each kill.
+        if a.stop_users:
+            for line in self.mint(f"k-{a.seed}", a.stop_users * 2, a.stop_users, 2, "reject_new", False):
+                self.add(Player(line["user"], line["grant"], "incumbent", 2))
+            self.stop_users = sorted({p.user for p in self.players if p.user.startswith(f"k-{a.seed}")})
 
     def add(self, p, churn=False, round_=None):
         p.churn = churn  # now and then stops and starts the next episode
@@ -159,7 +175,10 @@ class Chaos(Population):
             self.round_failed += 1
 
     def on_stopped(self, p):
-        if p.kind == "incumbent":
+        if p.kind == "stopped":
+            if p.reason != f"410 {p.expect}":
+                self.wrong.append((p.user, f"stopped as {p.expect}, heard {p.reason}"))
+        elif p.kind == "incumbent":
             self.wrong.append((p.user, p.reason))
         elif p.reason != "410 limit_exceeded":
             self.wrong.append((p.user, f"extra: {p.reason}"))
@@ -189,8 +208,39 @@ class Chaos(Population):
     async def play(self, p, retry_start):
         if not await self.begin(p, retry_start):
             return
+        await self.carry_on(p)
+
+    async def carry_on(self, p):
         await self.keep_playing(p)
         await self.end(p, retry=True)
+
+    async def stop_some(self, r, tasks):
+        """Right before a kill: one playing player of each stops account is
+        kicked (then a new one starts) or replaced (?replace=), alternately.
+        The new players are incumbents: they must never be stopped."""
+        made = []
+
+        async def one(i, user):
+            ps = [p for p in self.by_user[user] if p.kind == "incumbent" and p.state == "playing"]
+            if not ps:
+                return
+            p = self.rng.choice(ps)
+            p.kind = "stopped"
+            new = await self.stop_other(p, "kick" if (i + r) % 2 == 0 else "replace")
+            if p.expect is None:
+                p.kind = "incumbent"
+            else:
+                made.append(p)
+            if new is not None:
+                self.add(new)
+                if new.state == "playing":
+                    tasks.append(asyncio.create_task(self.carry_on(new)))
+                else:
+                    self.wrong.append((user, f"the start after a stop: {new.reason}"))
+
+        await asyncio.gather(*(one(i, u) for i, u in enumerate(self.stop_users)))
+        self.stopped.extend(made)
+        return made
 
     # ---------------------------------------------------------------- checks
 
@@ -255,6 +305,7 @@ class Chaos(Population):
             await asyncio.sleep(self.rng.uniform(0.5, 2.0) * a.poll)
             self.round_failed = 0
             wrong_before = len(self.wrong)
+            made = await self.stop_some(r, tasks)
             t_kill = time.monotonic()
             self.kill()
             await asyncio.sleep(self.rng.uniform(0.0, a.down_max))
@@ -276,18 +327,24 @@ class Chaos(Population):
             refused = sum(1 for p in extras if p.state == "refused")
             still = [p.user for p in extras if p.state == "playing"]
             wrong = self.wrong[wrong_before:]
-            ok = heal is not None and believers is not None and not still and not wrong
+            stops = stop_summary(made)
+            lost = stops["still_playing"] + stops["heard_other_count"]
+            ok = heal is not None and believers is not None and not still and not wrong and not lost
             failed_rounds += not ok
             rec = {
                 "round": r, "down_s": round(down, 3), "failed_requests": self.round_failed,
                 "heal_s": heal and round(heal, 3), "players_converged_s": believers and round(believers, 3),
                 "extras_admitted": admitted, "extras_refused": refused, "extras_still_playing": still,
                 "unhealed_accounts": unhealed, "wrong_stops": wrong,
+                "stops_before_kill": {k: v for k, v in stops.items() if k != "played_after_stop_s"},
+                "lost_stops": lost,
             }
             self.rounds.append(rec)
             print(f"round {r}: down {down:.2f} s, {self.round_failed} failed requests (retried), "
                   f"heal {fmt(heal)}, players under every limit {fmt(believers)}, "
                   f"extras admitted {admitted} / refused {refused} / still playing {len(still)}, "
+                  f"stops before the kill {stops['stops']}: lost {lost}, "
+                  f"played on max {fmt(stops['played_after_stop_max_s'])}, "
                   f"wrong stops {len(wrong)}", flush=True)
         self.running = False
         await asyncio.gather(*tasks)
@@ -297,7 +354,7 @@ class Chaos(Population):
             "players": len(incumbents), "accounts": len(self.by_user), "poll_s": a.poll,
             "ttl_s": a.poll * a.ttl_factor, "rounds": self.rounds, "churned": self.churned,
             "failed_requests_total": self.failed, "wrong_stops": self.wrong,
-            "live_sessions_after_stop": live,
+            "live_sessions_after_stop": live, "stops_before_kills": stop_summary(self.stopped),
         }
         if a.report:
             with open(a.report, "w") as f:
@@ -309,6 +366,11 @@ class Chaos(Population):
               f"players converged max {fmt(max(conv, default=None))}, "
               f"failed requests {self.failed} (all retried), churned {self.churned}, "
               f"live sessions after every player stopped: {live}", flush=True)
+        st = report["stops_before_kills"]
+        print(f"chaos: stops right before a kill {st['stops']}: heard 410 with the original reason "
+              f"{st['heard_original_reason']}, lost {st['still_playing'] + st['heard_other_count']}; "
+              f"stopped players played on after their stop: median {fmt(st['played_after_stop_median_s'])}, "
+              f"max {fmt(st['played_after_stop_max_s'])}", flush=True)
         for user, why in self.wrong[:20]:
             print(f"  wrong stop: {user}: {why}", flush=True)
         return 1 if self.wrong or failed_rounds or live not in (0, 0.0) else 0
@@ -343,6 +405,8 @@ def main():
     ap.add_argument("--users-per-group", type=int, default=8, help="accounts per (limit, policy, full?) group")
     ap.add_argument("--extras-users", type=int, default=10, help="accounts per limit 1-3 that get extras")
     ap.add_argument("--sample", type=int, default=30, help="other accounts whose healing is timed each round")
+    ap.add_argument("--stop-users", type=int, default=20,
+                    help="accounts (limit 2) of which one player is kicked or replaced right before each kill")
     ap.add_argument("--extras-policy", default="reject_new",
                     help="policy of the extras accounts; evict_oldest makes the incumbents lose, "
                          "which must fail the run (a self-test of the checks)")

@@ -22,6 +22,10 @@ Stops a test causes itself (a kick, a SIGKILL that loses a stop, an extra
 that healing must stop) are timed: `expect_stop(p)` notes when the stop was
 made, and `p.played_after_stop()` says how long the player went on playing
 after it (until it heard its 410, or until now while it still plays).
+`stop_other(p, how)` makes such a stop as a user does from another device
+(a kick with a grant, or a start with `?replace=`), and `stop_summary`
+reports whether each stopped player heard it with the reason it was stopped
+for, and how long it played on.
 """
 
 import asyncio
@@ -128,6 +132,7 @@ class Player:
         self.started_at = None  # time.monotonic() of its latest 201
         self.episodes = 0  # sessions it started
         self.stop_made_at = None  # time.monotonic() when a stop of its session was made (expect_stop)
+        self.expect = None  # the 410 reason a stop made on purpose must give it ("kicked", "replaced")
         self.heard_stop_at = None  # time.monotonic() when it learnt that its session was stopped
         self.replaced_by = None
 
@@ -283,6 +288,28 @@ class Population:
         got = await self.call(p, "kick", "DELETE", f"/v1/users/{p.user}/sessions/{p.sid}", grant or p.grant)
         return got[0] if got else None
 
+    async def stop_other(self, p, how):
+        """Stops playing player p from another device of its user, as a user
+        does: how="kick" (DELETE with a grant of the user), then a new
+        session starts in its place; how="replace" (a new session starts
+        with ?replace= of p's session). Notes the stop (expect_stop) and the
+        410 reason p must hear (p.expect). Returns the new player (state
+        playing if its start was admitted), or None when the kick got no 204."""
+        new = p.successor()
+        if how == "kick":
+            p.expect = "kicked"
+            if await self.kick(p) != 204:
+                p.expect = None
+                return None
+            await self.start(new, attempts=3)
+        else:
+            p.expect = "replaced"
+            self.expect_stop(p)
+            await self.start(new, attempts=3, replace=p.sid)
+            if new.state != "playing":
+                p.expect = None
+        return new
+
     def expect_stop(self, p, at=None):
         """Notes that p's session was stopped (or must be) at `at`, so that
         p.played_after_stop() measures how long p went on playing."""
@@ -298,3 +325,25 @@ class Population:
         if status != 200:
             return None
         return [s["session_id"] for s in json_of(body).get("sessions", [])]
+
+
+def stop_summary(stopped, now=None):
+    """Of players stopped on purpose (stop_other): how many heard their 410
+    with the reason they were stopped for, how many heard another answer,
+    how many still play ("lost" stops), and how long each played on after
+    its stop (seconds: max, median, and the values)."""
+    now = now or time.monotonic()
+    heard = [p for p in stopped if p.state != "playing" and p.reason == f"410 {p.expect}"]
+    other = [p for p in stopped if p.state != "playing" and p.reason != f"410 {p.expect}"]
+    playing = [p for p in stopped if p.state == "playing"]
+    played = sorted(round(p.played_after_stop(now), 2) for p in stopped)
+    return {
+        "stops": len(stopped),
+        "heard_original_reason": len(heard),
+        "heard_other": sorted({str(p.reason) for p in other}),
+        "heard_other_count": len(other),
+        "still_playing": len(playing),
+        "played_after_stop_max_s": played[-1] if played else None,
+        "played_after_stop_median_s": played[len(played) // 2] if played else None,
+        "played_after_stop_s": played,
+    }
