@@ -3,7 +3,9 @@
 # {user} path segment), a few thousand simulated players, then
 #   1. kill one node (SIGKILL): its users heal on the survivors, no wrong stop;
 #   2. add a fourth node: the users that move heal there, no wrong stop;
-#   3. limits hold: over-limit users start extra streams right after each
+#   3. stops hold: players kicked or replaced just before each event hear
+#      410 with their original reason, and nobody is stopped in their place;
+#   4. limits hold: over-limit users start extra streams right after each
 #      event (a node that does not know a user's sessions yet admits them);
 #      one poll window later no user has more live sessions than its limit
 #      anywhere in the cluster (every node's list, queried directly).
@@ -19,7 +21,10 @@
 # Knobs (environment): STREAMCAP_BIN (default target/release/streamcap, built
 # if missing), OK_USERS (1200) x OK_LIMIT (2) in-limit players, each user
 # exactly at its limit; OVER_USERS (100) with OVER_LIMIT (2); POLL (2 s, so a
-# token lives 6 s); KEEP=1 keeps the work directory (logs, configs, report).
+# token lives 6 s); STOP_USERS (60) in-limit users of which one player is
+# kicked or replaced just before each event; PORT_BASE (9 consecutive ports
+# from it; default: free ports from the kernel); KEEP=1 keeps the work
+# directory (logs, configs, report).
 set -euo pipefail
 
 T0=$EPOCHREALTIME
@@ -74,9 +79,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------- ports and keys
-# Ask the kernel for free loopback ports (closed again at once; they are
-# bound a moment later).
-read -r -a PORTS <<<"$(python3 - <<'EOF'
+# Ports: PORT_BASE..PORT_BASE+8 when set; else ask the kernel for free
+# loopback ports (closed again at once; they are bound a moment later).
+if [ -n "${PORT_BASE:-}" ]; then
+    read -r -a PORTS <<<"$(seq -s ' ' "$PORT_BASE" $((PORT_BASE + 8)))"
+else
+    read -r -a PORTS <<<"$(python3 - <<'EOF'
 import socket
 socks = [socket.socket() for _ in range(9)]
 for s in socks:
@@ -84,6 +92,7 @@ for s in socks:
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 )"
+fi
 LB_PORT=${PORTS[0]}
 API=("" "${PORTS[1]}" "${PORTS[2]}" "${PORTS[3]}" "${PORTS[4]}")
 ADMIN=("" "${PORTS[5]}" "${PORTS[6]}" "${PORTS[7]}" "${PORTS[8]}")
@@ -243,6 +252,7 @@ rc=0
 timeout 300 python3 "$HERE/cluster/players.py" --lb "127.0.0.1:$LB_PORT" "${nodes[@]}" \
     --grants-ok "$WORK/ok.jsonl" --grants-over "$WORK/over.jsonl" \
     --ok-limit "$OK_LIMIT" --over-limit "$OVER_LIMIT" --poll "$POLL" --ttl-factor "$TTL_FACTOR" \
+    --stop-users "${STOP_USERS:-60}" \
     --hook-kill "$WORK/kill-node.sh" --hook-add "$WORK/add-node.sh" \
     --haproxy-socket "$SOCK" --report "$WORK/report.json" || rc=$?
 

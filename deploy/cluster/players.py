@@ -348,6 +348,7 @@ class Sim(Population):
             else:
                 made.append(p)
             if new is not None:
+                new.kind = "ok"
                 self.players.append(new)
                 if new.state == "playing":
                     self.tasks.append(asyncio.ensure_future(self.keep_playing(new)))

@@ -232,6 +232,7 @@ class Chaos(Population):
             else:
                 made.append(p)
             if new is not None:
+                new.kind = "incumbent"
                 self.add(new)
                 if new.state == "playing":
                     tasks.append(asyncio.create_task(self.carry_on(new)))
