@@ -103,10 +103,11 @@ impl Working {
     /// Records the stops a presented token carries: a live session named
     /// is stopped with the stop's reason and `by`, an unknown one is
     /// remembered (never rebuilt), a tombstone keeps its first reason.
-    /// Stops already due are ignored, and so are unknown ones at the
+    /// A stop is taken until `grace` after it is due (see [`Beat::grace_ms`]);
+    /// an unknown session only while the stop is not due, and not at the
     /// record bound.
-    fn learn(&mut self, carried: &[Tombstone], now: u64) {
-        for t in carried.iter().filter(|t| t.until_ms >= now && StopClaim::carries(t.reason)) {
+    fn learn(&mut self, carried: &[Tombstone], now: u64, grace: u64) {
+        for t in carried.iter().filter(|t| t.until_ms.saturating_add(grace) >= now && StopClaim::carries(t.reason)) {
             match self.find(t.id) {
                 Some(i) => {
                     if let Slot::Live(_) = self.slots[i] {
@@ -116,7 +117,7 @@ impl Working {
                         }
                     }
                 }
-                None if self.full(1) => {}
+                None if self.full(1) || t.until_ms < now => {}
                 None => self.slots.push(Slot::Tombstone(t.clone())),
             }
         }
@@ -127,11 +128,11 @@ impl Working {
     }
 }
 
-/// Whether recording `carried` would change `current`: some stop not yet
-/// due names a session that is not a tombstone here.
-fn would_learn(current: &[Slot], carried: &[Tombstone], now: u64) -> bool {
+/// Whether recording `carried` may change `current`: some stop taken (see
+/// `Working::learn`) names a session that is not a tombstone here.
+fn would_learn(current: &[Slot], carried: &[Tombstone], now: u64, grace: u64) -> bool {
     carried.iter().any(|t| {
-        t.until_ms >= now
+        t.until_ms.saturating_add(grace) >= now
             && StopClaim::carries(t.reason)
             && !current.iter().any(|s| matches!(s, Slot::Tombstone(m) if m.id == t.id && m.until_ms >= now))
     })
@@ -338,6 +339,17 @@ pub struct Beat<'a> {
     pub carried: Vec<Tombstone>,
 }
 
+impl Beat<'_> {
+    /// How long after a carried stop is due it is still taken: one token
+    /// lifetime of the caller. A stopped player that reached a node first
+    /// was rebuilt and renewed there, past its old tokens' expiry; the
+    /// user's other sessions reach the node within a poll of the same
+    /// restart or move, and still stop it.
+    pub fn grace_ms(&self, now: u64) -> u64 {
+        self.renew_to_ms.saturating_sub(now)
+    }
+}
+
 /// A heartbeat's outcome. `healed`: the session was rebuilt from its
 /// token; `over_limit`: other sessions re-validation stopped as
 /// `limit_exceeded`; `expired`: live sessions dropped on the way; `carry`:
@@ -362,7 +374,7 @@ pub enum BeatOutcome {
 /// `b.renew_to_ms`, which the store does in place ([`Expiry::renew`]).
 /// `None`: the full rule has to run.
 pub fn renewable<'s>(current: &'s [Slot], b: &Beat<'_>, now: u64) -> Option<&'s Session> {
-    if !b.carried.is_empty() && would_learn(current, &b.carried, now) {
+    if !b.carried.is_empty() && would_learn(current, &b.carried, now, b.grace_ms(now)) {
         return None;
     }
     let mut me = None;
@@ -385,19 +397,20 @@ pub fn renewable<'s>(current: &'s [Slot], b: &Beat<'_>, now: u64) -> Option<&'s 
 /// docs/spec.md §6: find or rebuild the session, re-validate the user's limits by
 /// the caller's policy, renew.
 pub fn heartbeat(current: &[Slot], b: &Beat<'_>, now: u64) -> Ruling<BeatOutcome> {
-    let learns = would_learn(current, &b.carried, now);
+    let grace = b.grace_ms(now);
+    let learns = would_learn(current, &b.carried, now, grace);
     if let Some(Slot::Tombstone(t)) = current.iter().find(|s| s.id() == Some(b.id) && !s.is_expired(now)) {
         let t = t.clone();
         if !learns {
             return (None, BeatOutcome::AlreadyStopped(t));
         }
         let mut w = Working::new(current, now, 0);
-        w.learn(&b.carried, now);
+        w.learn(&b.carried, now, grace);
         return (Some(w.into_slots()), BeatOutcome::AlreadyStopped(t));
     }
     let mut w = Working::new(current, now, 0);
     if learns {
-        w.learn(&b.carried, now);
+        w.learn(&b.carried, now, grace);
         // The token of another session named this one as stopped.
         if let Some(Slot::Tombstone(t)) = w.find(b.id).map(|i| &w.slots[i]) {
             let t = t.clone();
@@ -495,18 +508,18 @@ pub enum StopOutcome {
 
 /// docs/spec.md §4 stop: idempotent; frees the slot at once.
 pub fn stop(current: &[Slot], s: &Stop, now: u64) -> Ruling<StopOutcome> {
-    let learns = would_learn(current, &s.carried, now);
+    let learns = would_learn(current, &s.carried, now, 0);
     // A tombstone already due counts as gone, as it would once swept.
     if let Some(Slot::Tombstone(_)) = current.iter().find(|slot| slot.id() == Some(s.id) && !slot.is_expired(now)) {
         if !learns {
             return (None, StopOutcome::AlreadyStopped);
         }
         let mut w = Working::new(current, now, 0);
-        w.learn(&s.carried, now);
+        w.learn(&s.carried, now, 0);
         return (Some(w.into_slots()), StopOutcome::AlreadyStopped);
     }
     let mut w = Working::new(current, now, 1);
-    w.learn(&s.carried, now);
+    w.learn(&s.carried, now, 0);
     match w.find(s.id) {
         Some(i) if matches!(w.slots[i], Slot::Tombstone(_)) => (Some(w.into_slots()), StopOutcome::AlreadyStopped),
         Some(i) => {
@@ -1249,11 +1262,22 @@ mod tests {
             limits: l,
             token_expires_ms: T0 + TTL,
             renew_to_ms: T0 + 5000 + TTL,
-            carried: vec![kicked(2, T0 + 2500, T0 + 4999)],
+            carried: vec![kicked(2, T0 + 2500, T0 + 4999 - TTL)],
         };
-        // Due: nothing learned, and the heartbeat stays in place.
+        // Due a token lifetime ago: nothing learned, and the heartbeat stays in place.
         assert!(renewable(&slots, &b, T0 + 5000).is_some());
         assert!(matches!(heartbeat(&slots, &b, T0 + 5000), (Some(s), _) if live_ids(&s, T0 + 5000) == [1, 2]));
+        // Due, but within one of the caller's token lifetimes: the live
+        // session (rebuilt and renewed here, say) is still stopped; an
+        // unknown one is not remembered (its old tokens are all expired).
+        b.carried = vec![kicked(2, T0 + 2500, T0 + 4999), kicked(8, T0 + 2500, T0 + 4999)];
+        assert!(renewable(&slots, &b, T0 + 5000).is_none());
+        let (Some(s), _) = heartbeat(&slots, &b, T0 + 5000) else { panic!() };
+        assert_eq!(
+            (reason_of(&s, 2), s.iter().any(|x| x.id() == Some(SessionId(8)))),
+            (Some(StopReason::Kicked), false)
+        );
+        b.carried.truncate(1);
         // Not due: learned, so not a renewal in place.
         b.carried[0].until_ms = T0 + 50_000;
         assert!(renewable(&slots, &b, T0 + 5000).is_none());

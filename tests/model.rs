@@ -455,9 +455,11 @@ impl Model {
     }
 
     /// Records the stops a presented token carries (docs/spec.md §6): a live
-    /// session named is stopped with that reason, an unknown one remembered.
-    fn learn(&mut self, ss: &[Sess], user: usize, carried: &[Carried], now: u64) {
-        for c in carried.iter().filter(|c| c.until >= now) {
+    /// session named is stopped with that reason, an unknown one remembered
+    /// while the stop is not due; a live one also until `grace` (the
+    /// presenting session's token lifetime) after it.
+    fn learn(&mut self, ss: &[Sess], user: usize, carried: &[Carried], grace: u64, now: u64) {
+        for c in carried.iter().filter(|c| c.until + grace >= now) {
             match self.find(ss, user, ss[c.sess].id) {
                 Some(i) if self.recs[i].stopped.is_some() => {}
                 Some(i) => {
@@ -466,6 +468,7 @@ impl Model {
                     r.until = r.until.max(c.until);
                     r.at = c.at;
                 }
+                None if c.until < now => {}
                 None => self.recs.push(Rec {
                     stopped: Some((c.reason, c.by.clone())),
                     until: c.until,
@@ -618,7 +621,7 @@ impl Model {
         }
         let user = ss[s].user;
         self.prune(now);
-        self.learn(ss, user, carried, now);
+        self.learn(ss, user, carried, ttl, now);
         let me = match self.find(ss, user, ss[s].id) {
             Some(i) if self.recs[i].stopped.is_some() => {
                 let (reason, by) = self.recs[i].stopped.clone().expect("matched as stopped");
@@ -675,7 +678,7 @@ impl Model {
         // A stop with its own token keeps the tombstone past any token of
         // the session: none expires after now + ttl.
         let keep = own.map(|(tok_exp, carried)| {
-            self.learn(ss, path_user, carried, now);
+            self.learn(ss, path_user, carried, 0, now);
             tok_exp.max(now + self.ttl(&ss[s].claims)) + LEEWAY
         });
         match self.find(ss, path_user, ss[s].id) {
@@ -1443,6 +1446,7 @@ impl World {
             }
         }
         let Some(teaches) = self.sessions[s].teaches[k].clone() else { return };
+        let teacher_ttl = self.ttl(&self.sessions[s].claims);
         for x in teaches {
             let now = self.now;
             let epoch = self.epoch;
@@ -1451,7 +1455,10 @@ impl World {
                 continue;
             }
             let Some(&(_, _, _, _, latest)) = me.stopped_as.last() else { continue };
-            if before.contains(&x) {
+            // The stop is remembered at least until the stopped session's
+            // tokens from before it expire; a live session is stopped one
+            // token lifetime of the teacher later still.
+            if before.contains(&x) && now <= latest + LEEWAY + teacher_ttl {
                 me.taught = Some((epoch, true));
             } else if now <= latest + LEEWAY {
                 me.taught = Some((epoch, false));
