@@ -70,18 +70,23 @@ impl Cors {
         Cors::Only(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect())
     }
 
-    pub(crate) fn allow(&self, req: &HeaderMap, res: &mut HeaderMap) {
-        match self {
-            Cors::Any => {
-                res.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-            }
+    /// Adds the CORS headers to an answer: `Access-Control-Allow-Origin` when
+    /// the request's origin may read it, and then `expose` (one
+    /// `Access-Control-Expose-Headers` value) for the headers beyond the
+    /// CORS-safelisted ones that a web player reads.
+    pub(crate) fn allow(&self, req: &HeaderMap, res: &mut HeaderMap, expose: &'static str) {
+        let origin = match self {
+            Cors::Any => HeaderValue::from_static("*"),
             Cors::Only(allowed) => {
                 res.insert(header::VARY, HeaderValue::from_static("Origin"));
-                if let Some(origin) = req.get(header::ORIGIN).filter(|o| allowed.contains(o)) {
-                    res.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+                match req.get(header::ORIGIN).filter(|o| allowed.contains(o)) {
+                    Some(origin) => origin.clone(),
+                    None => return,
                 }
             }
-        }
+        };
+        res.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        res.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(expose));
     }
 }
 
@@ -264,6 +269,10 @@ pub async fn serve_api(api: Arc<Api>, req: Request<Incoming>) -> Reply {
         }
     }
     let route = route_of(&path, &parts.method);
+    // A licence path lands here only with a repeated Content-Length (400);
+    // it still exposes what every answer of its route does.
+    let expose =
+        if matches!(path, Some(Path::Licence(..))) { wire::EXPOSED_LICENCE_HEADERS } else { wire::EXPOSED_HEADERS };
     let edge = api.edge.load();
     let repeated = parts.extensions.get::<RepeatedContentLength>().is_some();
     let read = if repeated { Err(Failure::BadRequest("duplicated Content-Length")) } else { Ok(()) };
@@ -274,7 +283,7 @@ pub async fn serve_api(api: Arc<Api>, req: Request<Incoming>) -> Reply {
             Err(f) => failure(&f),
         },
     };
-    edge.cors.allow(&parts.headers, reply.headers_mut());
+    edge.cors.allow(&parts.headers, reply.headers_mut(), expose);
     api.limiter.metrics().request(route, reply.status().as_u16());
     reply
 }

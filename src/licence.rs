@@ -50,9 +50,7 @@ pub async fn serve(api: &Api, parts: &Parts, body: Incoming, user: &str, id: &st
             _ => failure(&Failure::MethodNotAllowed("POST, OPTIONS")),
         },
     };
-    let h = reply.headers_mut();
-    edge.cors.allow(&parts.headers, h);
-    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(wire::EXPOSED_LICENCE_HEADERS));
+    edge.cors.allow(&parts.headers, reply.headers_mut(), wire::EXPOSED_LICENCE_HEADERS);
     api.limiter.metrics().request(Route::Licence, reply.status().as_u16());
     reply
 }

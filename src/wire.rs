@@ -159,8 +159,11 @@ impl DrmSystem {
 pub const HEADER_TOKEN: &str = "streamcap-token";
 pub const HEADER_EXPIRES_AT: &str = "streamcap-expires-at";
 pub const HEADER_POLL_AFTER: &str = "streamcap-poll-after";
-/// `Access-Control-Expose-Headers` on the licence route, so a web player can read them.
-pub const EXPOSED_LICENCE_HEADERS: &str = "Streamcap-Token, Streamcap-Expires-At, Streamcap-Poll-After";
+/// `Access-Control-Expose-Headers` on the JSON routes' answers that carry
+/// `Access-Control-Allow-Origin`: a web player reads `Retry-After` of a `503`.
+pub const EXPOSED_HEADERS: &str = "Retry-After";
+/// The same on the licence route, with the renewed lease's headers.
+pub const EXPOSED_LICENCE_HEADERS: &str = "Retry-After, Streamcap-Token, Streamcap-Expires-At, Streamcap-Poll-After";
 
 /// Why a session stopped; the `reason` of a `410`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -485,8 +485,8 @@ fn a_browser_sized_request_works_and_carries_cors() {
     let r = conn.read_response().unwrap();
     let body = r.expect(201);
     assert!(r.header("access-control-allow-origin").is_some(), "no CORS header: {:?}", r.headers);
-    // Exposes nothing else, and no credentials mode.
-    assert_eq!(r.header("access-control-expose-headers"), None);
+    // Exposes only Retry-After (a 503's), and no credentials mode.
+    assert_eq!(r.header("access-control-expose-headers"), Some("Retry-After"));
     assert_eq!(r.header("access-control-allow-credentials"), None);
     // Same connection, same headers, a heartbeat.
     let token = body["token"].as_str().unwrap();
@@ -562,6 +562,33 @@ fn cors_only_for_configured_origins() {
     let r = server.api.raw(&request_bytes("GET", &path, Some(&g), &[("Origin", "https://evil.example")], b"")).unwrap();
     r.expect(200);
     assert_eq!(r.header("access-control-allow-origin"), None, "{:?}", r.headers);
+}
+
+#[test]
+fn a_cross_origin_503_lets_the_page_read_retry_after() {
+    let mut config = dev_config();
+    config.core.max_sessions = 1;
+    config.cors_origins = vec!["https://good.example".into()];
+    let server = TestServer::start(config);
+    let user = unique("web");
+    let g = grant(&user, 5);
+    let path = format!("/v1/users/{user}/sessions");
+    let from =
+        |origin: &str| server.api.raw(&request_bytes("POST", &path, Some(&g), &[("Origin", origin)], b"")).unwrap();
+    from("https://good.example").expect(201);
+    let r = from("https://good.example");
+    r.expect_error(503, "over_capacity");
+    assert!(r.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s > 0)), "{:?}", r.headers);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://good.example"));
+    // One Access-Control-Expose-Headers, naming Retry-After.
+    let exposed: Vec<&str> =
+        r.headers.iter().filter(|(n, _)| n == "access-control-expose-headers").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(exposed, ["Retry-After"], "{:?}", r.headers);
+    // An origin that may not read the answer is told nothing more.
+    let r = from("https://evil.example");
+    r.expect_error(503, "over_capacity");
+    assert_eq!(r.header("access-control-allow-origin"), None, "{:?}", r.headers);
+    assert_eq!(r.header("access-control-expose-headers"), None, "{:?}", r.headers);
 }
 
 #[test]

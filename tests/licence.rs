@@ -293,7 +293,7 @@ fn assert_renewed(api: &Client, s: &mut Session, r: &Response) {
     assert!(expires >= now_secs() as u64, "expires in the future");
     assert_eq!(r.header("streamcap-poll-after"), Some("30"));
     let exposed = r.header("access-control-expose-headers").unwrap_or_default();
-    for h in ["Streamcap-Token", "Streamcap-Expires-At", "Streamcap-Poll-After"] {
+    for h in ["Retry-After", "Streamcap-Token", "Streamcap-Expires-At", "Streamcap-Poll-After"] {
         assert!(exposed.contains(h), "{h} not exposed: {exposed:?}");
     }
     s.token = token.to_owned();
