@@ -1,12 +1,15 @@
 """Schemathesis hooks for streamcap (loaded through SCHEMATHESIS_HOOKS by run.sh).
 
 - An auth provider that gives every generated request a real credential:
-  grants from `streamcap mint` (dev tenant) for start, list and kicks, and
-  lease tokens from real starts for heartbeats and own stops, with the
-  request's `session_id` set to the started session. A fixed rotation also
-  sends old tokens (sessions since evicted, replaced, kicked or ended), tokens
-  of another session, grants of another user, and a grant where a lease token
-  belongs, so the run reaches 200, 201, 204, 403, 409 and 410 as well as 401.
+  grants from `streamcap mint --config` (the run's tenant) for start, list,
+  kicks and sign-outs, and lease tokens from real starts for heartbeats, own
+  stops and licence requests, with the request's `session_id` set to the
+  started session. A fixed rotation also sends old tokens (sessions since
+  evicted, replaced, kicked or ended), tokens of another session, grants of
+  another user, and a grant where a lease token belongs, so the run reaches
+  200, 201, 204, 403, 409 and 410 as well as 401, and licence requests reach
+  the licence server through the gate (some with `{system}` set to
+  `clearkey`, which the tenant has a licence server for).
   Cases whose path parameters are deliberately malformed (negative testing)
   keep them, and get a credential all the same.
 - A schema hook that closes every response object of docs/openapi.yaml
@@ -17,8 +20,10 @@
   prints and checks.
 
 Environment: STREAMCAP_BIN (the binary, for `mint`), STREAMCAP_URL (the
-server's base URL), STREAMCAP_TALLY (where to write the tally),
-STREAMCAP_HOOKS_LOG (if set: one line per request, for reading a run).
+server's base URL), STREAMCAP_HOOKS_CONFIG and STREAMCAP_HOOKS_TENANT (the
+server's configuration file and the tenant to mint for), STREAMCAP_TALLY
+(where to write the tally), STREAMCAP_HOOKS_LOG (if set: one line per
+request, for reading a run).
 """
 
 import atexit
@@ -36,6 +41,8 @@ import schemathesis
 
 BIN = os.environ["STREAMCAP_BIN"]
 BASE = os.environ["STREAMCAP_URL"].rstrip("/")
+CONFIG = os.environ["STREAMCAP_HOOKS_CONFIG"]
+TENANT = os.environ["STREAMCAP_HOOKS_TENANT"]
 TALLY_PATH = os.environ.get("STREAMCAP_TALLY")
 LOG_PATH = os.environ.get("STREAMCAP_HOOKS_LOG")
 _log = open(LOG_PATH, "w", encoding="utf-8") if LOG_PATH else None
@@ -58,7 +65,8 @@ _tally = collections.Counter()
 def _mint(user, policy, limit, device=None, group=None, label=None):
     key = (user, policy, limit, device, group, label)
     if key not in _grants:
-        cmd = [BIN, "mint", f"--user={user}", f"--policy={policy}", f"--limit={limit}"]
+        cmd = [BIN, "mint", f"--config={CONFIG}", f"--tenant={TENANT}"]
+        cmd += [f"--user={user}", f"--policy={policy}", f"--limit={limit}"]
         if device:
             cmd.append(f"--device={device}")
         if group:
@@ -172,6 +180,8 @@ class StreamcapAuth:
             # A malformed {session_id}: keep it; a real token all the same.
             started = _start(user, turn)
             return {"credential": started[2] if started else _grant_for(user, turn)}
+        if path.endswith("/licence/{system}"):
+            return self._licence(user, turn, step)
         if path.endswith("/heartbeat"):
             old = _pick_stopped() if step == 4 else _pick(_recent, turn) if step == 5 else None
             if old:
@@ -199,10 +209,30 @@ class StreamcapAuth:
         started = _start(user, turn)
         return _session(*started) if started else None
 
+    def _licence(self, user, turn, step):
+        """A licence request: a live session's token (through the gate to the
+        licence server, or 404 for a system without one), an old token (410,
+        or a licence), another session's token (403), a grant (401)."""
+        old = _pick_stopped() if step == 4 else _pick(_recent, turn) if step == 5 else None
+        if old:
+            return _session(*old)
+        if step == 6:
+            started = _start(user, turn)
+            return {"credential": started[2]} if started else None
+        if step == 7:
+            return {"credential": _grant_for(user, turn)}
+        started = _start(user, turn)
+        if not started:
+            return None
+        data = _session(*started)
+        if step in (0, 1):
+            data["system"] = "clearkey"  # one the tenant has a licence server for
+        return data
+
     def set(self, case, data, ctx):
         case.headers = case.headers or {}
         case.headers["Authorization"] = f"Bearer {data['credential']}"
-        for name in ("user", "session_id"):
+        for name in ("user", "session_id", "system"):
             if name in data:
                 case.path_parameters[name] = data[name]
         if "replace" in data:
