@@ -10,11 +10,14 @@
 // document drops, or a module typedef that no longer fits the document fails
 // the build.
 //
-// The licence route (licenceUrl, licenceAnswer, attachShaka) is checked once
-// the document describes it.
+// The licence route's calls (licenceUrl, licenceAnswer, attachShaka) come
+// from a DRM player, not from the module's own fetch: the checks below hold
+// the module's system names, the response headers it reads and the
+// statuses it branches on to the document.
 
 import type { components, paths } from './generated/streamcap-api.js';
 import type { SessionView, StartResult, StopInfo, StreamcapPlayer } from '../js/streamcap-player.js';
+import type { KEY_SYSTEMS } from '../js/streamcap-player.js';
 
 type Schemas = components['schemas'];
 
@@ -141,3 +144,81 @@ export const signOutErrors: SignOutResult & { error: string; message: string } =
   status: 403,
   ...({} as ErrorBodies<SignOutOp>),
 };
+
+// Retry-After: the module reads it from any answer (#call) for the retry
+// delay; in a browser it is readable only when the API exposes it.
+type Headers<O, S extends string | number> = O extends { responses: infer R }
+  ? S extends keyof R
+    ? R[S] extends { headers: infer H }
+      ? H
+      : never
+    : never
+  : never;
+/** The header names listed in an `Access-Control-Expose-Headers` value. */
+type Listed<V> = V extends `${infer A}, ${infer B}` ? Lowercase<A> | Listed<B> : V extends string ? Lowercase<V> : never;
+holds<Equal<'retry-after' extends Listed<Headers<StartOp, 503>['Access-Control-Expose-Headers']> ? true : false, true>>();
+holds<Equal<'retry-after' extends Listed<Headers<HeartbeatOp, 503>['Access-Control-Expose-Headers']> ? true : false, true>>();
+export const retryAfter: number = {} as Headers<StartOp, 503>['Retry-After'];
+
+// The licence gate: POST /v1/users/{user}/sessions/{session_id}/licence/{system}
+// with the newest lease token, as licenceUrl(system) builds it for a DRM player.
+type LicenceOp = Op<'/v1/users/{user}/sessions/{session_id}/licence/{system}', 'post'>;
+type LicencePreflightOp = Op<'/v1/users/{user}/sessions/{session_id}/licence/{system}', 'options'>;
+holds<Equal<IsNever<LicenceOp>, false>>();
+holds<Equal<IsNever<LicencePreflightOp>, false>>();
+// licenceUrl's `system` and the gate's names in KEY_SYSTEMS are the document's systems, all of them.
+type ModuleSystem = Parameters<StreamcapPlayer['licenceUrl']>[0];
+holds<Equal<ModuleSystem, LicenceOp['parameters']['path']['system']>>();
+holds<Equal<ModuleSystem, Schemas['DrmSystem']>>();
+export const keySystems: Record<string, Schemas['DrmSystem']> = {} as typeof KEY_SYSTEMS;
+holds<Equal<(typeof KEY_SYSTEMS)[keyof typeof KEY_SYSTEMS], Schemas['DrmSystem']>>();
+export const licencePath: LicenceOp['parameters']['path'] = {
+  user: 'alice',
+  session_id: started.session_id,
+  system: 'clearkey' satisfies ModuleSystem,
+};
+
+// licenceAnswer(): an answer that carries the renewed lease renews it (the
+// licence server's answer, whatever its status, and the gate's 502 and 504).
+// It reads Streamcap-Token, Streamcap-Expires-At and Streamcap-Poll-After:
+// each is a header of those answers, exposed to pages, and holds what a
+// heartbeat's `token`, `expires_at` and `poll_after` hold.
+type LeaseHeaders = 'streamcap-token' | 'streamcap-expires-at' | 'streamcap-poll-after';
+type Renewing = Headers<LicenceOp, 'default'> | Headers<LicenceOp, 502> | Headers<LicenceOp, 504>;
+type Named<H> = Lowercase<Extract<keyof H, string>>;
+holds<Equal<LeaseHeaders extends Named<Headers<LicenceOp, 'default'>> ? true : false, true>>();
+holds<Equal<LeaseHeaders extends Named<Headers<LicenceOp, 502>> ? true : false, true>>();
+holds<Equal<LeaseHeaders extends Named<Headers<LicenceOp, 504>> ? true : false, true>>();
+holds<Equal<LeaseHeaders extends Listed<Renewing['Access-Control-Expose-Headers']> ? true : false, true>>();
+declare const licenceAnswered: Headers<LicenceOp, 'default'>;
+export const licenceLease: { token: string; expires_at: number; poll_after: number } = {
+  token: licenceAnswered['Streamcap-Token'],
+  expires_at: licenceAnswered['Streamcap-Expires-At'],
+  poll_after: licenceAnswered['Streamcap-Poll-After'],
+};
+export const sameLease: [string, number, number] = [renewed.token, renewed.expires_at, renewed.poll_after];
+export const licenceHeaderTypes: [Schemas['LeaseToken'], Schemas['UnixSeconds'], Schemas['PollAfter']] = [
+  licenceAnswered['Streamcap-Token'],
+  licenceAnswered['Streamcap-Expires-At'],
+  licenceAnswered['Streamcap-Poll-After'],
+];
+// The gate's own refusals: 410, 401 and 403 end the session as a heartbeat's
+// do (the module's DEFINITIVE map), with the same bodies; the 410 gives
+// StopInfo its `reason` and `by`.
+declare const licenceStopped: Json<LicenceOp, 410>;
+export const onLicenceStopped: StopInfo = {
+  reason: licenceStopped.reason,
+  by: licenceStopped.by,
+  status: 410,
+  local: false,
+  error: licenceStopped.error,
+  message: licenceStopped.message,
+};
+holds<Equal<Json<LicenceOp, 410>, Json<HeartbeatOp, 410>>>();
+holds<Equal<Json<LicenceOp, 401>, Json<HeartbeatOp, 401>>>();
+holds<Equal<Json<LicenceOp, 403>, Json<HeartbeatOp, 403>>>();
+// The gate's 502 and 504 say `upstream_unavailable` and `upstream_timeout`,
+// codes of the document's ErrorCode; every error body has `error` and `message`.
+holds<Equal<Json<LicenceOp, 502>['error'] | Json<LicenceOp, 504>['error'], 'upstream_unavailable' | 'upstream_timeout'>>();
+holds<Equal<'upstream_unavailable' | 'upstream_timeout' extends Schemas['ErrorCode'] ? true : false, true>>();
+export const licenceErrors: { error: Schemas['ErrorCode']; message: string } = {} as ErrorBodies<LicenceOp>;
