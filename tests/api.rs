@@ -565,6 +565,25 @@ fn cors_only_for_configured_origins() {
 }
 
 #[test]
+fn the_exposure_list_goes_to_browsers_only() {
+    // With the default `cors_origins = ["*"]`: every answer may be read by
+    // any page, and a request naming its origin (a browser) is told which
+    // headers beyond the safelisted ones it may read; a TV or an app is not.
+    let server = TestServer::start(dev_config());
+    let user = unique("any");
+    let g = grant(&user, 5);
+    let path = format!("/v1/users/{user}/sessions");
+    let r = server.api.raw(&request_bytes("POST", &path, Some(&g), &[], b"")).unwrap();
+    r.expect(201);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("access-control-expose-headers"), None, "{:?}", r.headers);
+    let r = server.api.raw(&request_bytes("POST", &path, Some(&g), &[("Origin", "https://tv.example")], b"")).unwrap();
+    r.expect(201);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("access-control-expose-headers"), Some("Retry-After"));
+}
+
+#[test]
 fn a_cross_origin_503_lets_the_page_read_retry_after() {
     let mut config = dev_config();
     config.core.max_sessions = 1;

@@ -280,9 +280,13 @@ fn licence_path(s: &Session, system: &str) -> String {
     format!("/v1/users/{}/sessions/{}/licence/{system}", s.user, s.id)
 }
 
-/// A licence request with the session's token.
+/// A licence request with the session's token, from a web player's page
+/// (its `Origin` named, as a browser does; it is never forwarded).
 fn licence(api: &Client, s: &Session, system: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    api.raw(&request_bytes("POST", &licence_path(s, system), Some(&s.token), headers, body)).expect("licence request")
+    let mut with_origin = vec![("Origin", "https://player.example")];
+    with_origin.extend_from_slice(headers);
+    api.raw(&request_bytes("POST", &licence_path(s, system), Some(&s.token), &with_origin, body))
+        .expect("licence request")
 }
 
 /// Asserts the renewed-lease headers and that the token works; keeps it.
@@ -588,7 +592,8 @@ fn a_hung_upstream_gets_504_and_never_stalls_other_users_heartbeats() {
     let token = s.token.clone();
     let waiting = std::thread::spawn(move || {
         let began = Instant::now();
-        let r = api.raw(&request_bytes("POST", &path, Some(&token), &[], b"challenge")).unwrap();
+        let origin = [("Origin", "https://player.example")];
+        let r = api.raw(&request_bytes("POST", &path, Some(&token), &origin, b"challenge")).unwrap();
         (r, began.elapsed())
     });
     // Once the upstream holds the request, heartbeats and starts go on.
